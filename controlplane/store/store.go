@@ -1,0 +1,169 @@
+// Package store keeps all control-plane state behind one interface with two
+// engines: SQLite (modernc.org/sqlite, the embedded default) and PostgreSQL
+// (pgx). Schema migrations are embedded and run by Open. Plain SQL, no ORM.
+//
+// The control plane keeps no state outside the store and its data directory,
+// so several control-plane replicas can share one PostgreSQL database.
+//
+// Only controlplane packages import store.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"attache.dev/attache/internal/auditlog"
+)
+
+// Errors callers branch on. Implementations wrap them with %w.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrAlreadyExists = errors.New("already exists")
+	ErrTokenUsed     = errors.New("join token already used")
+	ErrTokenExpired  = errors.New("join token expired")
+	ErrRevoked       = errors.New("agent revoked")
+)
+
+// Role is an API token's role.
+type Role string
+
+// Roles, from most to least privileged.
+const (
+	RoleAdmin    Role = "admin"    // everything, including API tokens
+	RoleOperator Role = "operator" // tenants, join tokens, agents
+	RoleAuditor  Role = "auditor"  // read-only, including the audit trail
+)
+
+// Tenant is a customer of the vendor.
+type Tenant struct {
+	Name        string // DNS-label-like, unique
+	DisplayName string
+	Labels      map[string]string
+	CreatedAt   time.Time
+}
+
+// JoinToken is the stored half of a one-time join token: the secret itself
+// is never stored, only its SHA-256.
+type JoinToken struct {
+	ID         string // public identifier, part of the token
+	Tenant     string
+	SecretHash []byte // sha256 of the secret
+	CreatedBy  string
+	CreatedAt  time.Time
+	ExpiresAt  time.Time
+	UsedAt     *time.Time
+	UsedBy     string // agent ID that consumed it
+}
+
+// Agent is an enrolled agent.
+type Agent struct {
+	Tenant            string
+	ID                string
+	SPIFFEID          string
+	Hostname          string
+	Version           string
+	CapabilityVersion uint32
+	Inventory         []byte // JSON of agentv1.Inventory (protojson)
+	Health            []byte // JSON array of component health (protojson)
+	EnrolledAt        time.Time
+	CertSerial        string
+	CertExpiresAt     time.Time
+	LastSeenAt        *time.Time
+	Connected         bool // a session is open (see LastSeenAt for freshness)
+	SessionID         string
+	RevokedAt         *time.Time
+	RevokedBy         string
+}
+
+// AgentKey names one agent.
+type AgentKey struct {
+	Tenant string
+	ID     string
+}
+
+// Heartbeat is a batched last-seen update.
+type Heartbeat struct {
+	AgentKey
+	At     time.Time
+	Health []byte // JSON, may be nil to keep the previous value
+}
+
+// SessionUpdate records a session opening or closing.
+type SessionUpdate struct {
+	AgentKey
+	SessionID         string
+	Connected         bool
+	At                time.Time
+	Version           string // set on open
+	CapabilityVersion uint32 // set on open
+	Inventory         []byte // set on open
+}
+
+// APIToken is an ops API credential. Only the SHA-256 of the secret is kept.
+type APIToken struct {
+	ID         string
+	Name       string
+	Role       Role
+	SecretHash []byte
+	CreatedBy  string
+	CreatedAt  time.Time
+	RevokedAt  *time.Time
+}
+
+// AgentFilter selects agents in ListAgents. Zero values select all.
+type AgentFilter struct {
+	Tenant string
+}
+
+// AuditFilter pages through the audit trail in sequence order.
+type AuditFilter struct {
+	AfterSeq uint64 // records with Seq > AfterSeq
+	Limit    int    // 0 means a default page (1000)
+	Tenant   string // optional
+}
+
+// Store is the control plane's state. All methods are safe for concurrent use.
+type Store interface {
+	// Engine reports "sqlite" or "postgres".
+	Engine() string
+	Close() error
+
+	CreateTenant(ctx context.Context, t Tenant, audit auditlog.Entry) error
+	GetTenant(ctx context.Context, name string) (Tenant, error)
+	ListTenants(ctx context.Context) ([]Tenant, error)
+
+	CreateJoinToken(ctx context.Context, t JoinToken, audit auditlog.Entry) error
+	// Enroll atomically consumes the join token (ErrNotFound, ErrTokenUsed,
+	// ErrTokenExpired, or a tenant mismatch), creates the agent and appends
+	// the audit entry; either all of it happens or none.
+	Enroll(ctx context.Context, tokenID string, secretHash []byte, now time.Time, a Agent, audit auditlog.Entry) (Agent, error)
+
+	GetAgent(ctx context.Context, k AgentKey) (Agent, error)
+	ListAgents(ctx context.Context, f AgentFilter) ([]Agent, error)
+	// RevokeAgent marks the agent revoked (idempotent: revoking twice keeps
+	// the first time) and appends the audit entry in the same transaction.
+	RevokeAgent(ctx context.Context, k AgentKey, by string, at time.Time, audit auditlog.Entry) (Agent, error)
+	// RevokedSince lists agents revoked at or after t, for the session
+	// watcher that cuts live sessions.
+	RevokedSince(ctx context.Context, t time.Time) ([]AgentKey, error)
+	// UpdateAgentCert records a renewed SVID.
+	UpdateAgentCert(ctx context.Context, k AgentKey, serial string, expiresAt time.Time) error
+	// RecordHeartbeats applies a batch of last-seen updates in one transaction.
+	RecordHeartbeats(ctx context.Context, hs []Heartbeat) error
+	// RecordSession marks a session open or closed. A close only applies if
+	// SessionID still matches (a newer session may already have opened).
+	RecordSession(ctx context.Context, u SessionUpdate) error
+
+	CreateAPIToken(ctx context.Context, t APIToken, audit *auditlog.Entry) error
+	// APITokenByHash finds a token that is not revoked.
+	APITokenByHash(ctx context.Context, secretHash []byte) (APIToken, error)
+	ListAPITokens(ctx context.Context) ([]APIToken, error)
+
+	// AppendAudit appends one entry to the hash chain and returns the record.
+	AppendAudit(ctx context.Context, e auditlog.Entry) (auditlog.Record, error)
+	ListAudit(ctx context.Context, f AuditFilter) ([]auditlog.Record, error)
+	// AuditHead is the sequence and hash of the last record (0 and the
+	// genesis hash when empty), kept separately so truncation is detected.
+	AuditHead(ctx context.Context) (seq uint64, hash []byte, err error)
+}
