@@ -134,6 +134,10 @@ type Store interface {
 	ListTenants(ctx context.Context) ([]Tenant, error)
 
 	CreateJoinToken(ctx context.Context, t JoinToken, audit auditlog.Entry) error
+	// GetJoinToken returns a join token by ID without consuming it (the
+	// enrollment service needs its tenant to issue the SVID that Enroll then
+	// stores). ErrNotFound if unknown.
+	GetJoinToken(ctx context.Context, id string) (JoinToken, error)
 	// Enroll atomically consumes the join token (ErrNotFound, ErrTokenUsed,
 	// ErrTokenExpired, or a tenant mismatch), creates the agent and appends
 	// the audit entry; either all of it happens or none.

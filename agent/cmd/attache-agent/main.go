@@ -1,0 +1,27 @@
+// Command attache-agent is the Attaché agent that customers run in their own
+// account or cluster.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"attache.dev/attache/agent/agentcli"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := agentcli.NewRootCommand(os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "attache-agent:", err)
+		var ee *agentcli.ExitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.Code)
+		}
+		os.Exit(1)
+	}
+}

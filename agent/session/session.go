@@ -1,0 +1,244 @@
+// Package session runs the agent's one long-lived stream to the control
+// plane: it dials over mTLS (the agent's SVID, the control plane's SPIFFE ID
+// authorized), says hello, sends heartbeats, handles what the control plane
+// offers, and reconnects with jittered exponential backoff when the stream
+// breaks.
+//
+// Only agent packages import session.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"attache.dev/attache/agent/svid"
+	"attache.dev/attache/internal/grpcx"
+	"attache.dev/attache/internal/version"
+	agentv1 "attache.dev/attache/protocol/gen/attache/agent/v1"
+)
+
+// ErrRevoked means the control plane revoked this agent: retrying is
+// pointless, it must be enrolled again with a new join token.
+var ErrRevoked = errors.New("this agent was revoked by the control plane; enroll it again with a new join token")
+
+// Config configures a Client.
+type Config struct {
+	State  *svid.State
+	Logger *slog.Logger
+	// Backoff bounds; defaults 250ms and 10s.
+	BackoffBase, BackoffMax time.Duration
+	// StableAfter resets the backoff once a session has lasted this long.
+	StableAfter time.Duration
+	// Health reports component health for heartbeats; may be nil.
+	Health func() []*agentv1.ComponentHealth
+}
+
+// Client keeps a session open.
+type Client struct {
+	cfg Config
+
+	mu        sync.Mutex
+	connected bool
+	sessionID string
+	sessions  int
+}
+
+// New returns a client.
+func New(cfg Config) *Client {
+	if cfg.BackoffBase <= 0 {
+		cfg.BackoffBase = 250 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 10 * time.Second
+	}
+	if cfg.StableAfter <= 0 {
+		cfg.StableAfter = 30 * time.Second
+	}
+	return &Client{cfg: cfg}
+}
+
+// Status reports whether a session is open, its ID and how many sessions
+// have been opened so far.
+func (c *Client) Status() (connected bool, sessionID string, sessions int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.connected, c.sessionID, c.sessions
+}
+
+// Run keeps a session open until ctx ends (nil) or the agent is revoked
+// (ErrRevoked) or its SVID expired (an error saying so).
+func (c *Client) Run(ctx context.Context) error {
+	b := Backoff{Base: c.cfg.BackoffBase, Max: c.cfg.BackoffMax}
+	for {
+		if leaf := c.cfg.State.Leaf(); time.Now().After(leaf.NotAfter) {
+			return fmt.Errorf("the agent's SVID expired at %s while it could not reach the control plane; enroll it again with a new join token", leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+		start := time.Now()
+		err := c.runOnce(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrRevoked) {
+			return err
+		}
+		if time.Since(start) >= c.cfg.StableAfter {
+			b.Reset()
+		}
+		d := b.Next()
+		c.cfg.Logger.Warn("session ended; reconnecting", "err", err, "in", d.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
+}
+
+func (c *Client) setConnected(ok bool, id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.connected, c.sessionID = ok, id
+	if ok {
+		c.sessions++
+	}
+}
+
+// runOnce dials, runs one session and returns why it ended.
+func (c *Client) runOnce(ctx context.Context) error {
+	st := c.cfg.State
+	conn, err := grpc.NewClient(st.Meta.ControlPlaneAddr, grpcx.DialOptions(st.TLSCredentials())...)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := agentv1.NewAgentServiceClient(conn).Session(ctx)
+	if err != nil {
+		return classify(err)
+	}
+	hostname, _ := os.Hostname()
+	if err := stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: &agentv1.Hello{
+		AgentVersion:      version.Version,
+		CapabilityVersion: version.CapabilityVersion,
+		Inventory:         &agentv1.Inventory{Hostname: hostname, Os: runtime.GOOS, Arch: runtime.GOARCH},
+	}}}); err != nil {
+		return classify(streamErr(stream, err))
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return classify(err)
+	}
+	welcome := first.GetWelcome()
+	if welcome == nil {
+		return errors.New("control plane did not answer hello with welcome")
+	}
+	interval := time.Duration(welcome.GetConfig().GetHeartbeatIntervalSeconds()) * time.Second
+	if interval <= 0 {
+		interval = 15 * time.Second
+	}
+	c.setConnected(true, welcome.GetSessionId())
+	defer c.setConnected(false, "")
+	c.cfg.Logger.Info("session open", "session", welcome.GetSessionId(), "control_plane", st.Meta.ControlPlaneAddr, "heartbeat_interval", interval)
+
+	// Sends happen only on this goroutine; the receiver hands messages over.
+	in := make(chan *agentv1.ControlMessage)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case in <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	var msgID uint64
+	send := func(m *agentv1.AgentMessage) error {
+		msgID++
+		m.Id = msgID
+		if err := stream.Send(m); err != nil {
+			return classify(streamErr(stream, err))
+		}
+		return nil
+	}
+	heartbeat := func() error {
+		var comps []*agentv1.ComponentHealth
+		if c.cfg.Health != nil {
+			comps = c.cfg.Health()
+		}
+		return send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{
+			SentAt: timestamppb.Now(), Components: comps,
+		}}})
+	}
+	if err := heartbeat(); err != nil {
+		return err
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-recvErr:
+			return classify(err)
+		case <-tick.C:
+			if err := heartbeat(); err != nil {
+				return err
+			}
+		case m := <-in:
+			switch b := m.GetBody().(type) {
+			case *agentv1.ControlMessage_Config:
+				if s := b.Config.GetHeartbeatIntervalSeconds(); s > 0 {
+					interval = time.Duration(s) * time.Second
+					tick.Reset(interval)
+				}
+			case *agentv1.ControlMessage_Ack:
+			case *agentv1.ControlMessage_PlanOffer:
+				// Plans are verified and executed by the signed-plans work;
+				// this agent does not accept them yet and says so.
+				if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: &agentv1.PlanStatus{
+					PlanId: b.PlanOffer.GetPlanId(), Sequence: b.PlanOffer.GetSequence(),
+					State: "refused", Message: "this agent cannot execute plans yet",
+				}}}); err != nil {
+					return err
+				}
+			default:
+				c.cfg.Logger.Debug("ignoring unknown control message")
+			}
+		}
+	}
+}
+
+// streamErr returns the stream's real status after a failed Send (Send
+// reports io.EOF; the status arrives on Recv).
+func streamErr(stream agentv1.AgentService_SessionClient, err error) error {
+	if _, rerr := stream.Recv(); rerr != nil {
+		return rerr
+	}
+	return err
+}
+
+// classify turns a revocation into ErrRevoked.
+func classify(err error) error {
+	if grpcx.HasReason(err, grpcx.ReasonAgentRevoked) {
+		return fmt.Errorf("%w (%s)", ErrRevoked, status.Convert(err).Message())
+	}
+	return err
+}

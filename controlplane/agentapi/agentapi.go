@@ -1,0 +1,358 @@
+// Package agentapi serves AgentService to enrolled agents over mTLS: the
+// long-lived session stream (hello, heartbeats, reports) and SVID renewal.
+// The tenant of every message is taken from the caller's verified SPIFFE ID;
+// a message that names another tenant ends the session and is audited.
+// Revoked agents are refused and their live sessions are cut within seconds.
+//
+// Only controlplane packages import agentapi.
+package agentapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"attache.dev/attache/controlplane/ca"
+	"attache.dev/attache/controlplane/store"
+	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/internal/grpcx"
+	"attache.dev/attache/internal/identity"
+	agentv1 "attache.dev/attache/protocol/gen/attache/agent/v1"
+)
+
+// Config configures the service.
+type Config struct {
+	Store             store.Store
+	CA                *ca.CA
+	SVIDTTL           time.Duration
+	HeartbeatInterval time.Duration // told to agents in Welcome
+	// RevocationPoll is how often the store is asked for new revocations.
+	RevocationPoll time.Duration
+	// HelloTimeout bounds how long a new session may wait before Hello.
+	HelloTimeout time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time
+}
+
+// Service implements agentv1.AgentServiceServer. Run must be running for
+// heartbeats to reach the store and revocations to cut sessions.
+type Service struct {
+	agentv1.UnimplementedAgentServiceServer
+	cfg      Config
+	td       spiffeid.TrustDomain
+	sessions *registry
+	beats    *batcher
+}
+
+// New returns the service.
+func New(cfg Config) *Service {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.HeartbeatInterval <= 0 {
+		cfg.HeartbeatInterval = 15 * time.Second
+	}
+	if cfg.RevocationPoll <= 0 {
+		cfg.RevocationPoll = time.Second
+	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = 30 * time.Second
+	}
+	return &Service{
+		cfg:      cfg,
+		td:       cfg.CA.TrustDomain(),
+		sessions: newRegistry(),
+		beats:    newBatcher(cfg.Store, cfg.Logger),
+	}
+}
+
+// Run flushes heartbeats and watches for revocations until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.beats.Run(ctx) }()
+	s.watchRevocations(ctx)
+	return <-errc
+}
+
+// Sessions reports how many sessions this replica holds.
+func (s *Service) Sessions() int { return s.sessions.len() }
+
+// errRevoked is the cancel cause of a session whose agent was revoked.
+var errRevoked = errors.New("agent revoked")
+
+// caller authorizes the peer as an enrolled, unrevoked agent of this trust domain.
+func (s *Service) caller(ctx context.Context) (store.Agent, spiffeid.ID, error) {
+	id, ok := grpcx.PeerID(ctx)
+	if !ok {
+		return store.Agent{}, id, status.Error(codes.Unauthenticated, "client certificate required")
+	}
+	tenant, agentID, err := identity.ParseAgentID(s.td, id)
+	if err != nil {
+		return store.Agent{}, id, status.Errorf(codes.PermissionDenied, "%v", err)
+	}
+	a, err := s.cfg.Store.GetAgent(ctx, store.AgentKey{Tenant: tenant, ID: agentID})
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return a, id, status.Errorf(codes.PermissionDenied, "agent %s is not enrolled", id)
+	case err != nil:
+		s.cfg.Logger.Error("load agent", "agent", id.String(), "err", err)
+		return a, id, status.Error(codes.Unavailable, "control plane store unavailable")
+	case a.RevokedAt != nil:
+		s.audit(ctx, id, tenant, "session.open", auditlog.OutcomeDenied, map[string]string{"reason": "agent revoked"})
+		return a, id, grpcx.Error(codes.PermissionDenied, grpcx.ReasonAgentRevoked,
+			fmt.Sprintf("agent %s was revoked at %s", id, a.RevokedAt.UTC().Format(time.RFC3339)))
+	}
+	return a, id, nil
+}
+
+// RenewSVID implements agentv1.AgentServiceServer.
+func (s *Service) RenewSVID(ctx context.Context, req *agentv1.RenewSVIDRequest) (*agentv1.RenewSVIDResponse, error) {
+	a, id, err := s.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := s.cfg.Now()
+	chain, err := s.cfg.CA.IssueFromCSR(req.GetCsr(), id, s.cfg.SVIDTTL, now)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := s.cfg.Store.UpdateAgentCert(ctx, store.AgentKey{Tenant: a.Tenant, ID: a.ID}, chain[0].SerialNumber.Text(16), chain[0].NotAfter); err != nil {
+		s.cfg.Logger.Error("record renewed SVID", "agent", id.String(), "err", err)
+		return nil, status.Error(codes.Unavailable, "control plane store unavailable")
+	}
+	s.audit(ctx, id, a.Tenant, "agent.svid.renew", auditlog.OutcomeSuccess, map[string]string{
+		"serial": chain[0].SerialNumber.Text(16), "expires_at": chain[0].NotAfter.UTC().Format(time.RFC3339),
+	})
+	return &agentv1.RenewSVIDResponse{
+		SvidChain:   identity.CertsDER(chain),
+		TrustBundle: identity.CertsDER(s.cfg.CA.Bundle().X509Authorities()),
+	}, nil
+}
+
+// Session implements agentv1.AgentServiceServer.
+func (s *Service) Session(stream agentv1.AgentService_SessionServer) error {
+	ctx := stream.Context()
+	a, id, err := s.caller(ctx)
+	if err != nil {
+		return err
+	}
+	key := store.AgentKey{Tenant: a.Tenant, ID: a.ID}
+	log := s.cfg.Logger.With("tenant", a.Tenant, "agent", a.ID)
+
+	hello, err := s.awaitHello(ctx, stream)
+	if err != nil {
+		return err
+	}
+	inv, _ := protojson.Marshal(hello.GetInventory())
+	sessionID := newSessionID()
+	now := s.cfg.Now()
+	if err := s.cfg.Store.RecordSession(ctx, store.SessionUpdate{
+		AgentKey: key, SessionID: sessionID, Connected: true, At: now,
+		Version: hello.GetAgentVersion(), CapabilityVersion: hello.GetCapabilityVersion(), Inventory: inv,
+	}); err != nil {
+		log.Error("record session open", "err", err)
+		return status.Error(codes.Unavailable, "control plane store unavailable")
+	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.sessions.add(key, sessionID, cancel)
+	defer func() {
+		s.sessions.remove(key, sessionID)
+		if err := s.cfg.Store.RecordSession(context.WithoutCancel(ctx), store.SessionUpdate{
+			AgentKey: key, SessionID: sessionID, Connected: false, At: s.cfg.Now(),
+		}); err != nil {
+			log.Warn("record session close", "err", err)
+		}
+	}()
+	log.Info("session opened", "session", sessionID, "version", hello.GetAgentVersion(), "capability", hello.GetCapabilityVersion())
+
+	if err := stream.Send(&agentv1.ControlMessage{Body: &agentv1.ControlMessage_Welcome{Welcome: &agentv1.Welcome{
+		SessionId:  sessionID,
+		ServerTime: timestamppb.New(now),
+		Config:     &agentv1.AgentConfig{HeartbeatIntervalSeconds: uint32(s.cfg.HeartbeatInterval / time.Second)},
+	}}}); err != nil {
+		return err
+	}
+
+	in := make(chan *agentv1.AgentMessage)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case in <- m:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case <-sctx.Done():
+			if errors.Is(context.Cause(sctx), errRevoked) {
+				log.Info("session closed: agent revoked", "session", sessionID)
+				return grpcx.Error(codes.PermissionDenied, grpcx.ReasonAgentRevoked, fmt.Sprintf("agent %s was revoked", id))
+			}
+			return status.FromContextError(sctx.Err()).Err()
+		case err := <-recvErr:
+			log.Info("session closed", "session", sessionID, "reason", err)
+			return nil
+		case m := <-in:
+			if err := s.handle(sctx, stream, id, key, m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *Service) awaitHello(ctx context.Context, stream agentv1.AgentService_SessionServer) (*agentv1.Hello, error) {
+	type result struct {
+		m   *agentv1.AgentMessage
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- result{m, err}
+	}()
+	t := time.NewTimer(s.cfg.HelloTimeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		h := r.m.GetHello()
+		if h == nil {
+			return nil, status.Error(codes.InvalidArgument, "session must start with hello")
+		}
+		if len(h.GetAgentVersion()) > 64 {
+			return nil, status.Error(codes.InvalidArgument, "hello: agent_version longer than 64 bytes")
+		}
+		return h, nil
+	case <-t.C:
+		return nil, status.Errorf(codes.DeadlineExceeded, "no hello within %s", s.cfg.HelloTimeout)
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// handle processes one message. A returned error ends the session.
+func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_SessionServer, id spiffeid.ID, key store.AgentKey, m *agentv1.AgentMessage) error {
+	switch b := m.GetBody().(type) {
+	case *agentv1.AgentMessage_Heartbeat:
+		var health []byte
+		if cs := b.Heartbeat.GetComponents(); len(cs) > 0 {
+			health = healthJSON(cs)
+		}
+		return s.beats.add(ctx, store.Heartbeat{AgentKey: key, At: s.cfg.Now(), Health: health})
+	case *agentv1.AgentMessage_PlanStatus:
+		if t := b.PlanStatus.GetTenant(); t != "" && t != key.Tenant {
+			return s.crossTenant(ctx, id, key, t, "plan_status")
+		}
+		// Plan execution reports are stored by the plans service (signed-plans issue).
+		return stream.Send(&agentv1.ControlMessage{Body: &agentv1.ControlMessage_Ack{Ack: &agentv1.Ack{Ref: m.GetId()}}})
+	case *agentv1.AgentMessage_UsageBatch:
+		for _, r := range b.UsageBatch.GetRecords() {
+			if t := r.GetTenant(); t != "" && t != key.Tenant {
+				return s.crossTenant(ctx, id, key, t, "usage_batch")
+			}
+		}
+		// Not acknowledged: the agent keeps the batch spooled until usage
+		// ingestion (the health-and-usage issue) stores it.
+		return nil
+	case *agentv1.AgentMessage_Hello:
+		return status.Error(codes.InvalidArgument, "hello sent twice on one session")
+	default:
+		// A message type newer than this control plane: ignore it.
+		s.cfg.Logger.Debug("ignoring unknown session message", "agent", id.String())
+		return nil
+	}
+}
+
+func (s *Service) crossTenant(ctx context.Context, id spiffeid.ID, key store.AgentKey, named, kind string) error {
+	s.audit(ctx, id, key.Tenant, "session.cross_tenant", auditlog.OutcomeDenied, map[string]string{
+		"message": kind, "named_tenant": named,
+	})
+	s.cfg.Logger.Warn("cross-tenant message refused", "tenant", key.Tenant, "agent", key.ID, "named_tenant", named, "message", kind)
+	return grpcx.Error(codes.PermissionDenied, grpcx.ReasonCrossTenant,
+		fmt.Sprintf("%s names tenant %q but this agent belongs to tenant %q", kind, named, key.Tenant))
+}
+
+func (s *Service) audit(ctx context.Context, id spiffeid.ID, tenant, action, outcome string, detail map[string]string) {
+	src := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		src = p.Addr.String()
+	}
+	d, _ := json.Marshal(detail)
+	if _, err := s.cfg.Store.AppendAudit(context.WithoutCancel(ctx), auditlog.Entry{
+		Time: s.cfg.Now(), Actor: id.String(), Role: "agent", Action: action, Tenant: tenant,
+		Target: id.String(), Outcome: outcome, Source: src, Detail: d,
+	}); err != nil {
+		s.cfg.Logger.Error("append audit", "action", action, "err", err)
+	}
+}
+
+// watchRevocations polls the store for revocations (so it works across
+// replicas sharing one database) and cuts the matching local sessions.
+func (s *Service) watchRevocations(ctx context.Context) {
+	since := s.cfg.Now().Add(-time.Minute)
+	t := time.NewTicker(s.cfg.RevocationPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.cfg.Now()
+		keys, err := s.cfg.Store.RevokedSince(ctx, since)
+		if err != nil {
+			s.cfg.Logger.Warn("poll revocations", "err", err)
+			continue
+		}
+		for _, k := range keys {
+			if s.sessions.cancel(k, errRevoked) {
+				s.cfg.Logger.Info("cutting session of revoked agent", "tenant", k.Tenant, "agent", k.ID)
+			}
+		}
+		// Overlap windows so a revocation committed during a poll is seen.
+		since = now.Add(-5 * time.Second)
+	}
+}
+
+func healthJSON(cs []*agentv1.ComponentHealth) []byte {
+	out := make([]json.RawMessage, 0, len(cs))
+	for _, c := range cs {
+		b, err := protojson.Marshal(c)
+		if err == nil {
+			out = append(out, b)
+		}
+	}
+	b, _ := json.Marshal(out)
+	return b
+}
+
+func newSessionID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+

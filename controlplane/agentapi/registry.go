@@ -1,0 +1,59 @@
+package agentapi
+
+import (
+	"context"
+	"sync"
+
+	"attache.dev/attache/controlplane/store"
+)
+
+// registry maps the agents connected to this replica to their session's
+// cancel function. It is connection state, not control-plane state: it dies
+// with the process and agents reconnect.
+type registry struct {
+	mu sync.Mutex
+	m  map[store.AgentKey]entry
+}
+
+type entry struct {
+	session string
+	cancel  context.CancelCauseFunc
+}
+
+func newRegistry() *registry { return &registry{m: make(map[store.AgentKey]entry)} }
+
+// add registers a session; an older session of the same agent is cut (the
+// agent reconnected and the old stream is dead or a duplicate).
+func (r *registry) add(k store.AgentKey, session string, cancel context.CancelCauseFunc) {
+	r.mu.Lock()
+	old, ok := r.m[k]
+	r.m[k] = entry{session: session, cancel: cancel}
+	r.mu.Unlock()
+	if ok {
+		old.cancel(errReplaced)
+	}
+}
+
+func (r *registry) remove(k store.AgentKey, session string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.m[k]; ok && e.session == session {
+		delete(r.m, k)
+	}
+}
+
+func (r *registry) cancel(k store.AgentKey, cause error) bool {
+	r.mu.Lock()
+	e, ok := r.m[k]
+	r.mu.Unlock()
+	if ok {
+		e.cancel(cause)
+	}
+	return ok
+}
+
+func (r *registry) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.m)
+}
