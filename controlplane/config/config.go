@@ -29,7 +29,7 @@ type Config struct {
 	TrustDomain string `json:"trust_domain"`
 	// Store is a PostgreSQL URL (postgres://…) or a SQLite file path;
 	// empty means <data_dir>/attache.db.
-	Store string `json:"store"`
+	Store string        `json:"store"`
 	Agent AgentEndpoint `json:"agent"`
 	API   APIEndpoint   `json:"api"`
 	// SVIDTTL is the lifetime of agent SVIDs; agents renew at half.

@@ -5,7 +5,6 @@
 package cpcli
 
 import (
-	"fmt"
 	"io"
 	"time"
 

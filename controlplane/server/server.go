@@ -130,7 +130,6 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 		AgentAddr:       cfg.AgentAdvertise(),
 		CAKeySHA256:     authority.KeySHA256,
 		TrustRootSHA256: material.RootHash,
-		HeartbeatInterval: time.Duration(cfg.HeartbeatInterval),
 	})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,250 @@
+// Package apiclient is a typed Go client for the control plane's ops API
+// (controlplane/httpapi): one method per route, apiv1 types in and out, and
+// API errors as *APIError.
+//
+// Imported by the `attache` CLI (controlplane/opscli) and end-to-end tests.
+package apiclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"attache.dev/attache/controlplane/httpapi/apiv1"
+)
+
+// Wire types, re-exported so callers need not import apiv1.
+type (
+	Tenant              = apiv1.Tenant
+	CreateTenantRequest = apiv1.CreateTenantRequest
+	JoinToken           = apiv1.JoinToken
+	Agent               = apiv1.Agent
+	AuditPage           = apiv1.AuditPage
+	AuditHead           = apiv1.AuditHead
+	APIToken            = apiv1.APIToken
+	NewAPIToken         = apiv1.NewAPIToken
+)
+
+// maxResponseBytes bounds what the client reads from one response.
+const maxResponseBytes = 64 << 20
+
+// APIError is a non-2xx answer from the server.
+type APIError struct {
+	Status    int    // HTTP status code
+	Message   string // the server's "error" field, or the status text
+	RequestID string // X-Request-Id, to find the request in server logs
+}
+
+func (e *APIError) Error() string {
+	if e.RequestID != "" {
+		return fmt.Sprintf("%s (HTTP %d, request %s)", e.Message, e.Status, e.RequestID)
+	}
+	return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status)
+}
+
+// Client calls one control plane. It is safe for concurrent use.
+type Client struct {
+	base  *url.URL
+	token string
+	hc    *http.Client
+	err   error // from New: reported by every call
+}
+
+// New returns a client for the server at baseURL ("https://cp.example:7443")
+// that authenticates with token. httpClient nil means a client with a 30s
+// timeout.
+func New(baseURL, token string, httpClient *http.Client) *Client {
+	c := &Client{token: token, hc: httpClient}
+	if c.hc == nil {
+		c.hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	switch {
+	case err != nil:
+		c.err = fmt.Errorf("apiclient: server URL: %w", err)
+	case u.Scheme != "http" && u.Scheme != "https" || u.Host == "":
+		c.err = fmt.Errorf("apiclient: server URL %q: want http(s)://host:port", baseURL)
+	}
+	c.base = u
+	return c
+}
+
+// Health calls GET /healthz.
+func (c *Client) Health(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil)
+}
+
+// CreateTenant calls POST /v1/tenants.
+func (c *Client) CreateTenant(ctx context.Context, req CreateTenantRequest) (Tenant, error) {
+	var out Tenant
+	err := c.do(ctx, http.MethodPost, "/v1/tenants", nil, req, &out)
+	return out, err
+}
+
+// ListTenants calls GET /v1/tenants.
+func (c *Client) ListTenants(ctx context.Context) ([]Tenant, error) {
+	var out apiv1.TenantList
+	err := c.do(ctx, http.MethodGet, "/v1/tenants", nil, nil, &out)
+	return out.Tenants, err
+}
+
+// GetTenant calls GET /v1/tenants/{name}.
+func (c *Client) GetTenant(ctx context.Context, name string) (Tenant, error) {
+	var out Tenant
+	err := c.do(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(name), nil, nil, &out)
+	return out, err
+}
+
+// CreateJoinToken calls POST /v1/tokens. ttl 0 means the server's default.
+func (c *Client) CreateJoinToken(ctx context.Context, tenant string, ttl time.Duration) (JoinToken, error) {
+	req := apiv1.CreateJoinTokenRequest{Tenant: tenant}
+	if ttl != 0 {
+		req.TTL = ttl.String()
+	}
+	var out JoinToken
+	err := c.do(ctx, http.MethodPost, "/v1/tokens", nil, req, &out)
+	return out, err
+}
+
+// ListAgents calls GET /v1/agents; tenant "" lists every tenant's agents.
+func (c *Client) ListAgents(ctx context.Context, tenant string) ([]Agent, error) {
+	q := url.Values{}
+	if tenant != "" {
+		q.Set("tenant", tenant)
+	}
+	var out apiv1.AgentList
+	err := c.do(ctx, http.MethodGet, "/v1/agents", q, nil, &out)
+	return out.Agents, err
+}
+
+// GetAgent calls GET /v1/agents/{tenant}/{id}.
+func (c *Client) GetAgent(ctx context.Context, tenant, id string) (Agent, error) {
+	var out Agent
+	err := c.do(ctx, http.MethodGet, agentPath(tenant, id), nil, nil, &out)
+	return out, err
+}
+
+// RevokeAgent calls POST /v1/agents/{tenant}/{id}/revoke. Revoking twice is
+// not an error; the first revocation time is kept.
+func (c *Client) RevokeAgent(ctx context.Context, tenant, id string) (Agent, error) {
+	var out Agent
+	err := c.do(ctx, http.MethodPost, agentPath(tenant, id)+"/revoke", nil, struct{}{}, &out)
+	return out, err
+}
+
+func agentPath(tenant, id string) string {
+	return "/v1/agents/" + url.PathEscape(tenant) + "/" + url.PathEscape(id)
+}
+
+// AuditQuery selects one page of the audit trail.
+type AuditQuery struct {
+	After  uint64 // records with seq > After
+	Limit  int    // 0: the server's default page (100); at most 1000
+	Tenant string // optional; a filtered page cannot be chain-verified
+}
+
+// ListAudit calls GET /v1/audit.
+func (c *Client) ListAudit(ctx context.Context, q AuditQuery) (AuditPage, error) {
+	v := url.Values{}
+	if q.After > 0 {
+		v.Set("after", strconv.FormatUint(q.After, 10))
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	if q.Tenant != "" {
+		v.Set("tenant", q.Tenant)
+	}
+	var out AuditPage
+	err := c.do(ctx, http.MethodGet, "/v1/audit", v, nil, &out)
+	return out, err
+}
+
+// CreateAPIToken calls POST /v1/apitokens. The returned Token is the only
+// copy of the secret.
+func (c *Client) CreateAPIToken(ctx context.Context, name, role string) (NewAPIToken, error) {
+	var out NewAPIToken
+	err := c.do(ctx, http.MethodPost, "/v1/apitokens", nil, apiv1.CreateAPITokenRequest{Name: name, Role: role}, &out)
+	return out, err
+}
+
+// ListAPITokens calls GET /v1/apitokens.
+func (c *Client) ListAPITokens(ctx context.Context) ([]APIToken, error) {
+	var out apiv1.APITokenList
+	err := c.do(ctx, http.MethodGet, "/v1/apitokens", nil, nil, &out)
+	return out.Tokens, err
+}
+
+func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {
+	if c.err != nil {
+		return c.err
+	}
+	// path's segments are already escaped (url.PathEscape).
+	target := c.base.String() + path
+	if len(query) > 0 {
+		target += "?" + query.Encode()
+	}
+
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("apiclient: encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
+	if err != nil {
+		return fmt.Errorf("apiclient: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("apiclient: %w", err) // *url.Error names method and URL
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if err != nil {
+		return fmt.Errorf("apiclient: %s %s: read response: %w", method, path, err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		ae := &APIError{Status: resp.StatusCode, RequestID: resp.Header.Get("X-Request-Id")}
+		var e apiv1.Error
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			ae.Message = e.Error
+			if ae.RequestID == "" {
+				ae.RequestID = e.RequestID
+			}
+		} else {
+			ae.Message = http.StatusText(resp.StatusCode)
+		}
+		return ae
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("apiclient: %s %s: decode response: %w", method, path, err)
+	}
+	return nil
+}
+
+// IsStatus reports whether err is an *APIError with the given status.
+func IsStatus(err error, status int) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == status
+}

@@ -1,0 +1,97 @@
+package apiclient_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"attache.dev/attache/controlplane/apiclient"
+	"attache.dev/attache/controlplane/httpapi/httpapitest"
+	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/internal/jointoken"
+)
+
+func TestClientAgainstServer(t *testing.T) {
+	srv := httpapitest.New(t)
+	ctx := context.Background()
+	admin := apiclient.New(srv.URL+"/", srv.AdminToken, nil)
+
+	if err := admin.Health(ctx); err != nil {
+		t.Fatalf("Health: %v", err)
+	}
+	ten, err := admin.CreateTenant(ctx, apiclient.CreateTenantRequest{Name: "acme", DisplayName: "Acme", Labels: map[string]string{"tier": "silo"}})
+	if err != nil || ten.Name != "acme" || ten.Labels["tier"] != "silo" {
+		t.Fatalf("CreateTenant = %+v, %v", ten, err)
+	}
+	if got, err := admin.GetTenant(ctx, "acme"); err != nil || got.DisplayName != "Acme" {
+		t.Fatalf("GetTenant = %+v, %v", got, err)
+	}
+	if ts, err := admin.ListTenants(ctx); err != nil || len(ts) != 1 {
+		t.Fatalf("ListTenants = %+v, %v", ts, err)
+	}
+
+	jt, err := admin.CreateJoinToken(ctx, "acme", 30*time.Minute)
+	if err != nil {
+		t.Fatalf("CreateJoinToken: %v", err)
+	}
+	if tok, err := jointoken.Parse(jt.Token); err != nil || tok.ID != jt.ID || tok.Addr != httpapitest.AgentAddr {
+		t.Fatalf("join token %+v: %v", tok, err)
+	}
+	if d := time.Until(jt.ExpiresAt); d < 29*time.Minute || d > 31*time.Minute {
+		t.Fatalf("expires in %v, want 30m", d)
+	}
+
+	if as, err := admin.ListAgents(ctx, "acme"); err != nil || len(as) != 0 {
+		t.Fatalf("ListAgents = %+v, %v", as, err)
+	}
+	if _, err := admin.GetAgent(ctx, "acme", "a/b"); !apiclient.IsStatus(err, http.StatusNotFound) {
+		t.Fatalf("GetAgent(escaped id) = %v, want 404", err)
+	}
+	if _, err := admin.RevokeAgent(ctx, "acme", "nope"); !apiclient.IsStatus(err, http.StatusNotFound) {
+		t.Fatalf("RevokeAgent = %v, want 404", err)
+	}
+
+	nt, err := admin.CreateAPIToken(ctx, "reviewer", "auditor")
+	if err != nil || nt.Role != "auditor" || nt.Token == "" {
+		t.Fatalf("CreateAPIToken = %+v, %v", nt, err)
+	}
+	if ts, err := admin.ListAPITokens(ctx); err != nil || len(ts) != 2 {
+		t.Fatalf("ListAPITokens = %+v, %v", ts, err)
+	}
+
+	reviewer := apiclient.New(srv.URL, nt.Token, nil)
+	page, err := reviewer.ListAudit(ctx, apiclient.AuditQuery{Limit: 1000})
+	if err != nil {
+		t.Fatalf("ListAudit: %v", err)
+	}
+	if p := auditlog.Verify(page.Records, 0, auditlog.GenesisHash, page.Head.Seq, page.Head.Hash); p != nil || page.Head.Seq == 0 {
+		t.Fatalf("verify: %v (head %d)", p, page.Head.Seq)
+	}
+	if page, err := reviewer.ListAudit(ctx, apiclient.AuditQuery{After: 1, Limit: 1, Tenant: "acme"}); err != nil || len(page.Records) != 1 || page.Records[0].Tenant != "acme" {
+		t.Fatalf("ListAudit(filtered) = %+v, %v", page, err)
+	}
+
+	// API errors come back typed, with the server's message and request ID.
+	_, err = reviewer.CreateTenant(ctx, apiclient.CreateTenantRequest{Name: "globex"})
+	var ae *apiclient.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusForbidden || ae.Message != "role auditor may not tenant.create" || ae.RequestID == "" {
+		t.Fatalf("err = %#v", err)
+	}
+	if !strings.Contains(err.Error(), ae.RequestID) {
+		t.Fatalf("Error() = %q lacks the request ID", err.Error())
+	}
+	if _, err := apiclient.New(srv.URL, "", nil).ListTenants(ctx); !apiclient.IsStatus(err, http.StatusUnauthorized) {
+		t.Fatalf("no token: %v", err)
+	}
+}
+
+func TestBadBaseURL(t *testing.T) {
+	for _, u := range []string{"", "cp.example:7443", "ftp://x", "http://"} {
+		if err := apiclient.New(u, "t", nil).Health(context.Background()); err == nil || !strings.Contains(err.Error(), "server URL") {
+			t.Errorf("New(%q).Health() = %v, want a server URL error", u, err)
+		}
+	}
+}

@@ -1,0 +1,135 @@
+// Package apiv1 defines the JSON bodies of the control plane's ops API
+// (/v1/...): what httpapi serves and what apiclient decodes. It holds types
+// only, so the server and its clients agree on the wire format without
+// importing each other.
+//
+// Imported by controlplane/httpapi, controlplane/apiclient and the CLI.
+package apiv1
+
+import (
+	"encoding/json"
+	"time"
+
+	"attache.dev/attache/internal/auditlog"
+)
+
+// TokenPrefix starts every ops API token: attache-api-v1.<id>.<secret>.
+const TokenPrefix = "attache-api-v1"
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	Error     string `json:"error"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// CreateTenantRequest is the body of POST /v1/tenants.
+type CreateTenantRequest struct {
+	Name        string            `json:"name"`
+	DisplayName string            `json:"display_name,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+}
+
+// Tenant is a customer of the vendor.
+type Tenant struct {
+	Name        string            `json:"name"`
+	DisplayName string            `json:"display_name,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+}
+
+// TenantList is the body of GET /v1/tenants.
+type TenantList struct {
+	Tenants []Tenant `json:"tenants"`
+}
+
+// CreateJoinTokenRequest is the body of POST /v1/tokens. TTL is a Go
+// duration ("1h", "30m"); empty means the server's default (1h).
+type CreateJoinTokenRequest struct {
+	Tenant string `json:"tenant"`
+	TTL    string `json:"ttl,omitempty"`
+}
+
+// JoinToken is a freshly minted one-time join token. Token is the only copy
+// of the secret; the server keeps its hash.
+type JoinToken struct {
+	ID        string    `json:"id"`
+	Tenant    string    `json:"tenant"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Token     string    `json:"token"`
+}
+
+// Agent statuses, derived from the stored agent at request time.
+const (
+	AgentRevoked        = "revoked"
+	AgentConnected      = "connected"
+	AgentDisconnected   = "disconnected"
+	AgentNeverConnected = "never-connected"
+)
+
+// Agent is an enrolled agent as the ops API shows it.
+type Agent struct {
+	Tenant            string          `json:"tenant"`
+	ID                string          `json:"id"`
+	Status            string          `json:"status"`
+	SPIFFEID          string          `json:"spiffe_id"`
+	Hostname          string          `json:"hostname,omitempty"`
+	Version           string          `json:"version,omitempty"`
+	CapabilityVersion uint32          `json:"capability_version,omitempty"`
+	EnrolledAt        time.Time       `json:"enrolled_at"`
+	CertSerial        string          `json:"cert_serial,omitempty"`
+	CertExpiresAt     time.Time       `json:"cert_expires_at"`
+	LastSeenAt        *time.Time      `json:"last_seen_at,omitempty"`
+	Connected         bool            `json:"connected"`
+	RevokedAt         *time.Time      `json:"revoked_at,omitempty"`
+	RevokedBy         string          `json:"revoked_by,omitempty"`
+	Inventory         json.RawMessage `json:"inventory,omitempty"`
+	Health            json.RawMessage `json:"health,omitempty"`
+}
+
+// AgentList is the body of GET /v1/agents.
+type AgentList struct {
+	Agents []Agent `json:"agents"`
+}
+
+// AuditHead is the sequence and hash of the audit trail's last record.
+type AuditHead struct {
+	Seq  uint64 `json:"seq"`
+	Hash []byte `json:"hash"`
+}
+
+// AuditPage is the body of GET /v1/audit. Records are exactly
+// auditlog.Record, so a client can recompute the chain with auditlog.Verify.
+// Head is read before the records, so it never lies beyond what a client
+// can page to.
+type AuditPage struct {
+	Records []auditlog.Record `json:"records"`
+	Head    AuditHead         `json:"head"`
+}
+
+// CreateAPITokenRequest is the body of POST /v1/apitokens.
+type CreateAPITokenRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// APIToken describes an ops API token without its secret.
+type APIToken struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	Role      string     `json:"role"`
+	CreatedBy string     `json:"created_by,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// APITokenList is the body of GET /v1/apitokens.
+type APITokenList struct {
+	Tokens []APIToken `json:"tokens"`
+}
+
+// NewAPIToken is a freshly created API token; Token is the only copy of
+// the secret.
+type NewAPIToken struct {
+	APIToken
+	Token string `json:"token"`
+}

@@ -1,0 +1,167 @@
+// Package httpapi serves the control plane's ops API: HTTP/JSON under /v1
+// for the `attache` CLI, the console and automation. Callers authenticate
+// with a bearer API token (see Bootstrap for the first one); each route
+// allows a set of roles. Every mutation, and every refused request, is
+// appended to the audit trail through the store.
+//
+// The wire types live in apiv1. Only the control-plane server imports
+// httpapi; clients use controlplane/apiclient.
+package httpapi
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"attache.dev/attache/controlplane/httpapi/apiv1"
+	"attache.dev/attache/controlplane/store"
+)
+
+// Defaults and limits.
+const (
+	DefaultTokenTTL    = time.Hour
+	DefaultMaxTokenTTL = 24 * time.Hour
+	// ConnectedWindow is how recently a connected agent must have been seen
+	// to count as connected: three heartbeat intervals.
+	ConnectedWindow = 90 * time.Second
+
+	maxBodyBytes     = 1 << 20
+	defaultAuditPage = 100
+	maxAuditPage     = 1000
+)
+
+// Config is what the ops API needs.
+type Config struct {
+	Store  store.Store
+	Logger *slog.Logger
+	// TrustDomain and AgentAddr go into join tokens: the agent dials
+	// AgentAddr (host:port) and expects spiffe://TrustDomain.
+	TrustDomain string
+	AgentAddr   string
+	// CAKeySHA256 and TrustRootSHA256 return the current pins that join
+	// tokens carry; functions, so rotations are picked up.
+	CAKeySHA256     func() [32]byte
+	TrustRootSHA256 func() [32]byte
+	Now             func() time.Time // nil means time.Now
+	MaxTokenTTL     time.Duration    // 0 means DefaultMaxTokenTTL
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Store == nil {
+		errs = append(errs, errors.New("httpapi: Store is required"))
+	}
+	if c.Logger == nil {
+		errs = append(errs, errors.New("httpapi: Logger is required"))
+	}
+	if c.TrustDomain == "" {
+		errs = append(errs, errors.New("httpapi: TrustDomain is required"))
+	}
+	if c.AgentAddr == "" {
+		errs = append(errs, errors.New("httpapi: AgentAddr is required"))
+	}
+	if c.CAKeySHA256 == nil || c.TrustRootSHA256 == nil {
+		errs = append(errs, errors.New("httpapi: CAKeySHA256 and TrustRootSHA256 are required"))
+	}
+	if c.MaxTokenTTL < 0 {
+		errs = append(errs, errors.New("httpapi: MaxTokenTTL must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+type server struct {
+	cfg Config
+	log *slog.Logger
+	now func() time.Time
+}
+
+// New returns the ops API handler. Serve it with timeouts set on the
+// http.Server (the handler limits bodies to 1 MiB itself).
+func New(cfg Config) (http.Handler, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MaxTokenTTL == 0 {
+		cfg.MaxTokenTTL = DefaultMaxTokenTTL
+	}
+	s := &server{cfg: cfg, log: cfg.Logger, now: cfg.Now}
+	if s.now == nil {
+		s.now = time.Now
+	}
+
+	var (
+		all      = []store.Role{store.RoleAdmin, store.RoleOperator, store.RoleAuditor}
+		mutators = []store.Role{store.RoleAdmin, store.RoleOperator}
+		auditors = []store.Role{store.RoleAdmin, store.RoleAuditor}
+		admins   = []store.Role{store.RoleAdmin}
+	)
+	mux := http.NewServeMux()
+	s.handle(mux, "GET /healthz", route{action: "healthz", h: s.healthz})
+	s.handle(mux, "POST /v1/tenants", route{action: "tenant.create", roles: mutators, h: s.createTenant})
+	s.handle(mux, "GET /v1/tenants", route{action: "tenant.list", roles: all, h: s.listTenants})
+	s.handle(mux, "GET /v1/tenants/{name}", route{action: "tenant.get", roles: all, h: s.getTenant})
+	s.handle(mux, "POST /v1/tokens", route{action: "jointoken.create", roles: mutators, h: s.createJoinToken})
+	s.handle(mux, "GET /v1/agents", route{action: "agent.list", roles: all, h: s.listAgents})
+	s.handle(mux, "GET /v1/agents/{tenant}/{id}", route{action: "agent.get", roles: all, h: s.getAgent})
+	s.handle(mux, "POST /v1/agents/{tenant}/{id}/revoke", route{action: "agent.revoke", roles: mutators, h: s.revokeAgent})
+	s.handle(mux, "GET /v1/audit", route{action: "audit.list", roles: auditors, h: s.listAudit})
+	s.handle(mux, "POST /v1/apitokens", route{action: "apitoken.create", roles: admins, h: s.createAPIToken})
+	s.handle(mux, "GET /v1/apitokens", route{action: "apitoken.list", roles: admins, h: s.listAPITokens})
+	return &jsonMux{mux: mux}, nil
+}
+
+// jsonMux answers requests no route matches (404, 405, redirects) with a
+// JSON body instead of the ServeMux's plain text.
+type jsonMux struct{ mux *http.ServeMux }
+
+func (m *jsonMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, pattern := m.mux.Handler(r)
+	if pattern != "" {
+		m.mux.ServeHTTP(w, r) // sets r.PathValue
+		return
+	}
+	capture := &headerCapture{header: http.Header{}}
+	h.ServeHTTP(capture, r)
+	for _, k := range []string{"Allow", "Location"} {
+		if v := capture.header.Get(k); v != "" {
+			w.Header().Set(k, v)
+		}
+	}
+	status := capture.status
+	if status == 0 {
+		status = http.StatusNotFound
+	}
+	msg := http.StatusText(status)
+	switch status {
+	case http.StatusNotFound:
+		msg = "no route for " + r.Method + " " + r.URL.Path
+	case http.StatusMethodNotAllowed:
+		msg = "method " + r.Method + " not allowed on " + r.URL.Path
+	}
+	writeJSON(w, status, apiv1.Error{Error: msg})
+}
+
+// headerCapture keeps a handler's status and headers and drops its body.
+type headerCapture struct {
+	header http.Header
+	status int
+}
+
+func (c *headerCapture) Header() http.Header { return c.header }
+func (c *headerCapture) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+}
+func (c *headerCapture) Write(b []byte) (int, error) {
+	if c.status == 0 {
+		c.status = http.StatusOK
+	}
+	return len(b), nil
+}
+
+func (s *server) healthz(w http.ResponseWriter, r *http.Request, c *call) error {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}

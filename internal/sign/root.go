@@ -1,0 +1,239 @@
+package sign
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/secure-systems-lab/go-securesystemslib/dsse"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// RootPayloadType is the DSSE payload type of a signed Root.
+const RootPayloadType = "application/vnd.attache.root+json"
+
+// RootType is the value of Root.Type.
+const RootType = "attache/root"
+
+// Roles every Root defines.
+const (
+	RoleRoot     = "root"
+	RolePlans    = "plans"
+	RoleReleases = "releases"
+)
+
+// Bounds on a Root, which keep the cost of verifying an untrusted one small.
+const (
+	MaxRootKeys   = 64
+	MaxRoleKeyIDs = 32
+)
+
+// ErrRootExpired is matched (errors.Is) by the error for a root past its
+// expiry.
+var ErrRootExpired = errors.New("trust root expired")
+
+// RoleKeys says which keys may sign for a role and how many must.
+type RoleKeys struct {
+	KeyIDs    []string `json:"keyids"`
+	Threshold int      `json:"threshold"`
+}
+
+// Root is the trust root: the keys of a trust domain and the roles they hold.
+type Root struct {
+	Type        string              `json:"_type"`   // "attache/root"
+	Version     int                 `json:"version"` // starts at 1
+	TrustDomain string              `json:"trust_domain"`
+	Expires     time.Time           `json:"expires"`
+	Keys        map[string]Key      `json:"keys"`  // by key id
+	Roles       map[string]RoleKeys `json:"roles"` // "root", "plans", "releases"
+}
+
+// Validate reports every structural problem with r at once. It does not look
+// at signatures or the clock.
+func (r *Root) Validate() error {
+	if r == nil {
+		return errors.New("trust root is nil")
+	}
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if r.Type != RootType {
+		add("trust root _type is %.64q, want %q", r.Type, RootType)
+	}
+	if r.Version < 1 {
+		add("trust root version is %d, want 1 or more", r.Version)
+	}
+	if td, err := spiffeid.TrustDomainFromString(r.TrustDomain); err != nil {
+		add("trust root trust_domain: %w", err)
+	} else if td.Name() != r.TrustDomain {
+		add("trust root trust_domain must be a bare trust domain name, not a SPIFFE ID")
+	}
+	if r.Expires.IsZero() {
+		add("trust root expires is not set")
+	}
+	if len(r.Keys) > MaxRootKeys {
+		add("trust root has %d keys, limit %d", len(r.Keys), MaxRootKeys)
+	}
+	for _, id := range sortedKeys(r.Keys) {
+		k := r.Keys[id]
+		if k.Type != KeyTypeEd25519 {
+			add("trust root key %.64s: type is %.32q, want %q", id, k.Type, KeyTypeEd25519)
+		}
+		if len(k.Public) != ed25519.PublicKeySize {
+			add("trust root key %.64s: public key is %d bytes, want %d", id, len(k.Public), ed25519.PublicKeySize)
+		}
+		if got := KeyID(k); got != id {
+			add("trust root key %.64s: id does not match its key (want %s)", id, got)
+		}
+	}
+	for _, role := range []string{RoleRoot, RolePlans, RoleReleases} {
+		if _, ok := r.Roles[role]; !ok {
+			add("trust root has no %s role", role)
+		}
+	}
+	for _, role := range sortedKeys(r.Roles) {
+		rk := r.Roles[role]
+		if len(rk.KeyIDs) == 0 {
+			add("%.64s role has no keys", role)
+		}
+		if len(rk.KeyIDs) > MaxRoleKeyIDs {
+			add("%.64s role has %d keys, limit %d", role, len(rk.KeyIDs), MaxRoleKeyIDs)
+		}
+		if rk.Threshold < 1 || rk.Threshold > len(rk.KeyIDs) {
+			add("%.64s role threshold is %d, want 1 to %d", role, rk.Threshold, len(rk.KeyIDs))
+		}
+		seen := make(map[string]bool, len(rk.KeyIDs))
+		for _, id := range rk.KeyIDs {
+			if seen[id] {
+				add("%.64s role lists key %.64s twice", role, id)
+			}
+			seen[id] = true
+			if _, ok := r.Keys[id]; !ok {
+				add("%.64s role lists unknown key %.64s", role, id)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SignRoot validates r and returns it as a DSSE envelope (JSON) signed by
+// every signer. The payload is the deterministic JSON of r.
+func SignRoot(ctx context.Context, r *Root, signers ...*Signer) ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("sign root: %w", err)
+	}
+	payload, err := marshalRoot(r)
+	if err != nil {
+		return nil, err
+	}
+	return SignPayload(ctx, RootPayloadType, payload, signers...)
+}
+
+// marshalRoot encodes r deterministically: struct fields in order, map keys
+// sorted (encoding/json), the expiry in UTC.
+func marshalRoot(r *Root) ([]byte, error) {
+	c := *r
+	c.Expires = r.Expires.UTC()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(&c); err != nil {
+		return nil, fmt.Errorf("encode trust root: %w", err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// VerifyRoot checks a self-contained root: at least the root role's threshold
+// of distinct root keys signed it, it is not expired at now, and Validate
+// passes. Use it only for a root whose envelope hash is pinned (join token)
+// or already trusted; otherwise use VerifyRootUpdate.
+func VerifyRoot(ctx context.Context, envelope []byte, now time.Time) (*Root, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	env, r, payload, err := decodeRoot(envelope)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifyRole(ctx, env, payload, r, RoleRoot, "trust root:"); err != nil {
+		return nil, err
+	}
+	if err := checkExpiry(r, now); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// VerifyRootUpdate accepts next only if it is signed by prev's root threshold
+// and by next's own root threshold, next.Version == prev.Version+1, the trust
+// domain is unchanged, and next is not expired at now. prev may have expired:
+// rotating away from an expired root is the point.
+func VerifyRootUpdate(ctx context.Context, prev *Root, next []byte, now time.Time) (*Root, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if prev == nil {
+		return nil, errors.New("root update: no previous root")
+	}
+	if err := prev.Validate(); err != nil {
+		return nil, fmt.Errorf("root update: previous root: %w", err)
+	}
+	env, r, payload, err := decodeRoot(next)
+	if err != nil {
+		return nil, fmt.Errorf("root update: %w", err)
+	}
+	if r.TrustDomain != prev.TrustDomain {
+		return nil, fmt.Errorf("root update: trust domain changed from %q to %q", prev.TrustDomain, r.TrustDomain)
+	}
+	if r.Version != prev.Version+1 {
+		return nil, fmt.Errorf("root update: version %d does not follow version %d (want %d)", r.Version, prev.Version, prev.Version+1)
+	}
+	if err := verifyRole(ctx, env, payload, prev, RoleRoot, "root update: previous"); err != nil {
+		return nil, err
+	}
+	if err := verifyRole(ctx, env, payload, r, RoleRoot, "root update: new"); err != nil {
+		return nil, err
+	}
+	if err := checkExpiry(r, now); err != nil {
+		return nil, fmt.Errorf("root update: %w", err)
+	}
+	return r, nil
+}
+
+func decodeRoot(envelope []byte) (*dsse.Envelope, *Root, []byte, error) {
+	env, payload, err := decodeEnvelope(envelope)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if env.PayloadType != RootPayloadType {
+		return nil, nil, nil, fmt.Errorf("envelope payload type is %.100q, want %q", env.PayloadType, RootPayloadType)
+	}
+	var r Root
+	if err := decodeStrict(payload, &r); err != nil {
+		return nil, nil, nil, fmt.Errorf("decode trust root: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, nil, nil, err
+	}
+	return env, &r, payload, nil
+}
+
+func checkExpiry(r *Root, now time.Time) error {
+	if !now.Before(r.Expires) {
+		return fmt.Errorf("%w at %s", ErrRootExpired, r.Expires.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
