@@ -19,9 +19,11 @@ AGENT_ADDR="127.0.0.1:7440"
 API_ADDR="127.0.0.1:7443"
 TENANT="acme"
 
-CP_FLAGS=(serve --data-dir "$D" --trust-domain "$TRUST_DOMAIN"
+CP_FLAGS=(serve --data-dir "$D/controlplane" --trust-domain "$TRUST_DOMAIN"
 	--agent-listen "$AGENT_ADDR" --api-listen "$API_ADDR")
-CLI_FLAGS=(--server "$API_ADDR" --token-file "$D/admin.token")
+# The ops API serves HTTPS with a certificate from the trust domain's CA.
+CLI_FLAGS=(--server "https://$API_ADDR" --ca-file "$D/controlplane/ca.crt"
+	--token-file "$D/controlplane/admin.token")
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { echo "demo: $*" >&2; exit 1; }
@@ -72,7 +74,7 @@ step "Start the control plane (agents on $AGENT_ADDR, API on $API_ADDR, trust do
 pids+=($!)
 echo "pid $!, log $D/controlplane.log"
 wait_for "the control plane API" cli tenant list
-echo "control plane is up; admin token in $D/admin.token"
+echo "control plane is up; admin token in $D/controlplane/admin.token"
 
 step "Create tenant $TENANT"
 cli tenant create "$TENANT"
@@ -88,7 +90,7 @@ pids+=($!)
 echo "pid $!, log $D/agent.log"
 
 step "Wait for the agent to show as connected"
-agent_connected() { cli agent list 2>/dev/null | grep -q connected; }
+agent_connected() { cli agent list 2>/dev/null | grep -qw connected; }
 wait_for "the agent to connect" agent_connected
 cli agent list
 

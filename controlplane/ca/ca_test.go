@@ -42,7 +42,7 @@ func TestCreateThenLoad(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dir, KeyFile), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreate(dir, td, now); err == nil || !strings.Contains(err.Error(), "0600") {
+	if _, err := LoadOrCreate(dir, td, now); err == nil || !strings.Contains(err.Error(), "accessible by group or others") {
 		t.Fatalf("world-readable CA key accepted: %v", err)
 	}
 }

@@ -30,7 +30,10 @@ func (s *server) listAgents(w http.ResponseWriter, r *http.Request, c *call) err
 }
 
 func (s *server) getAgent(w http.ResponseWriter, r *http.Request, c *call) error {
-	k := store.AgentKey{Tenant: r.PathValue("tenant"), ID: r.PathValue("id")}
+	k, err := agentKey(r)
+	if err != nil {
+		return err
+	}
 	a, err := s.cfg.Store.GetAgent(r.Context(), k)
 	if err != nil {
 		return storeError(err, "agent "+k.Tenant+"/"+k.ID)
@@ -40,7 +43,10 @@ func (s *server) getAgent(w http.ResponseWriter, r *http.Request, c *call) error
 }
 
 func (s *server) revokeAgent(w http.ResponseWriter, r *http.Request, c *call) error {
-	k := store.AgentKey{Tenant: r.PathValue("tenant"), ID: r.PathValue("id")}
+	k, err := agentKey(r)
+	if err != nil {
+		return err
+	}
 	c.tenant, c.target = k.Tenant, k.ID
 	a, err := s.cfg.Store.RevokeAgent(r.Context(), k, c.actor, c.now, c.entry(auditlog.OutcomeSuccess, nil))
 	if err != nil {
@@ -48,6 +54,21 @@ func (s *server) revokeAgent(w http.ResponseWriter, r *http.Request, c *call) er
 	}
 	writeJSON(w, http.StatusOK, agentOut(a, c.now))
 	return nil
+}
+
+// maxAgentIDLen bounds agent IDs taken from the path (agents choose
+// theirs at enrollment; the API only needs to keep junk out of the trail).
+const maxAgentIDLen = 128
+
+func agentKey(r *http.Request) (store.AgentKey, error) {
+	k := store.AgentKey{Tenant: r.PathValue("tenant"), ID: r.PathValue("id")}
+	if err := validTenantName(k.Tenant); err != nil {
+		return k, errBadRequest("tenant: %v", err)
+	}
+	if k.ID == "" || len(k.ID) > maxAgentIDLen {
+		return k, errBadRequest("id: must be 1-%d characters", maxAgentIDLen)
+	}
+	return k, nil
 }
 
 // agentStatus derives what ops want to see from the stored flags.

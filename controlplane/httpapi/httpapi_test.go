@@ -113,6 +113,8 @@ func TestBadInput(t *testing.T) {
 		{"audit bad after", "GET", "/v1/audit?after=-1", ``, 400, "after:"},
 		{"audit bad limit", "GET", "/v1/audit?limit=5000", ``, 400, "limit:"},
 		{"agents bad tenant", "GET", "/v1/agents?tenant=A_B", ``, 400, "tenant:"},
+		{"agent path bad tenant", "GET", "/v1/agents/A_B/a1", ``, 400, "tenant:"},
+		{"revoke id too long", "POST", "/v1/agents/acme/" + strings.Repeat("x", 129) + "/revoke", ``, 400, "id:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e.do(tc.method, tc.path, e.admin, tc.body).wantError(tc.status, tc.contains)

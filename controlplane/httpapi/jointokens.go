@@ -16,10 +16,10 @@ func (s *server) createJoinToken(w http.ResponseWriter, r *http.Request, c *call
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	c.tenant = req.Tenant
 	if err := validTenantName(req.Tenant); err != nil {
 		return errBadRequest("tenant: %v", err)
 	}
+	c.tenant = req.Tenant
 	ttl := DefaultTokenTTL
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)

@@ -13,10 +13,10 @@ func (s *server) createTenant(w http.ResponseWriter, r *http.Request, c *call) e
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
-	c.tenant, c.target = req.Name, req.Name
 	if err := validTenantName(req.Name); err != nil {
 		return errBadRequest("name: %v", err)
 	}
+	c.tenant, c.target = req.Name, req.Name // only validated values reach the audit trail
 	if err := validDisplayName(req.DisplayName); err != nil {
 		return errBadRequest("display_name: %v", err)
 	}

@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"attache.dev/attache/internal/securefile"
 	"attache.dev/attache/internal/sign"
 )
 
@@ -40,7 +40,6 @@ const (
 // RootLifetime is how long a newly created trust root is valid.
 const RootLifetime = 365 * 24 * time.Hour
 
-const maxKeyFileSize = 64 << 10
 
 // Material is the control plane's key material.
 type Material struct {
@@ -136,11 +135,11 @@ func create(ctx context.Context, dir, trustDomain string, now time.Time) (*Mater
 		if err != nil {
 			return nil, fmt.Errorf("keys: %s: %w", f.name, err)
 		}
-		if err := writeFileAtomic(dir, f.name, pemBytes); err != nil {
+		if err := securefile.Write(filepath.Join(dir, f.name), pemBytes); err != nil {
 			return nil, err
 		}
 	}
-	if err := writeFileAtomic(dir, RootFile, env); err != nil {
+	if err := securefile.Write(filepath.Join(dir, RootFile), env); err != nil {
 		return nil, err
 	}
 	return &Material{
@@ -165,7 +164,7 @@ func load(ctx context.Context, dir, trustDomain string, now time.Time) (*Materia
 	if err != nil {
 		return nil, err
 	}
-	env, err := readFile(dir, RootFile, sign.MaxEnvelopeSize, 0o022)
+	env, err := securefile.ReadPublic(filepath.Join(dir, RootFile))
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +208,7 @@ func load(ctx context.Context, dir, trustDomain string, now time.Time) (*Materia
 }
 
 func loadKey(dir, name string) (*sign.Signer, error) {
-	data, err := readFile(dir, name, maxKeyFileSize, 0o077)
+	data, err := securefile.Read(filepath.Join(dir, name))
 	if err != nil {
 		return nil, err
 	}
@@ -218,77 +217,4 @@ func loadKey(dir, name string) (*sign.Signer, error) {
 		return nil, fmt.Errorf("keys: %s: %w", filepath.Join(dir, name), err)
 	}
 	return s, nil
-}
-
-// readFile reads a regular file of at most limit bytes whose permission bits
-// have none of forbidden set: 0o077 for private keys, 0o022 for root.json,
-// which is public but must not be writable by others.
-func readFile(dir, name string, limit int64, forbidden fs.FileMode) ([]byte, error) {
-	path := filepath.Join(dir, name)
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("keys: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("keys: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("keys: %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&forbidden != 0 {
-		what := "accessible"
-		if forbidden&0o044 == 0 {
-			what = "writable"
-		}
-		return nil, fmt.Errorf("keys: %s is %s by group or others (mode %04o); run chmod 600 %s", path, what, perm, path)
-	}
-	if fi.Size() > limit {
-		return nil, fmt.Errorf("keys: %s is %d bytes, limit %d", path, fi.Size(), limit)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("keys: read %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("keys: %s is larger than %d bytes", path, limit)
-	}
-	return data, nil
-}
-
-// writeFileAtomic writes data to dir/name with mode 0600 through a temporary
-// file, fsync and rename, then syncs the directory.
-func writeFileAtomic(dir, name string, data []byte) (err error) {
-	path := filepath.Join(dir, name)
-	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("keys: write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("keys: write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("keys: write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("keys: write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("keys: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("keys: write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }

@@ -30,7 +30,7 @@ const (
 	EnvTokenFile = "ATTACHE_TOKEN_FILE"
 	EnvCAFile    = "ATTACHE_CA_FILE"
 
-	defaultServer = "http://127.0.0.1:7443"
+	defaultServer = "https://127.0.0.1:7443"
 )
 
 // globals holds the persistent flags and the output streams.

@@ -7,6 +7,7 @@
 package auditlog
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -69,7 +70,15 @@ func Hash(seq uint64, e Entry, prev []byte) []byte {
 }
 
 // Seal computes PrevHash and Hash for the entry that follows (prevSeq, prev).
+// Detail is stored compacted — the form any JSON encoder re-emits a raw
+// message in — so a record still verifies after it has travelled as JSON.
 func Seal(prevSeq uint64, prev []byte, e Entry) Record {
+	if len(e.Detail) > 0 {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, e.Detail); err == nil {
+			e.Detail = buf.Bytes()
+		}
+	}
 	seq := prevSeq + 1
 	return Record{Seq: seq, Entry: e, PrevHash: prev, Hash: Hash(seq, e, prev)}
 }

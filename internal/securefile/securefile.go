@@ -8,6 +8,7 @@ package securefile
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -67,19 +68,48 @@ func Create(path string, data []byte) error {
 }
 
 // ErrTooOpen is returned by Read for files group or others may access.
-var ErrTooOpen = errors.New("file is accessible by group or others (want mode 0600)")
+var ErrTooOpen = errors.New("file permissions too open")
+
+// MaxSize bounds what Read and ReadPublic return.
+const MaxSize = 1 << 20
 
 // Read returns the contents of a secret file, refusing one whose mode lets
-// group or others read or write it.
-func Read(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
+// group or others read or write it, one that is not a regular file, and one
+// larger than MaxSize.
+func Read(path string) ([]byte, error) { return read(path, 0o077) }
+
+// ReadPublic returns the contents of a file that may be world-readable but
+// must not be writable by group or others (a trust root, a CA certificate).
+func ReadPublic(path string) ([]byte, error) { return read(path, 0o022) }
+
+func read(path string, forbidden fs.FileMode) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s: mode %v: %w", path, fi.Mode().Perm(), ErrTooOpen)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
-	return os.ReadFile(path)
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&forbidden != 0 {
+		what, want := "accessible", "600"
+		if forbidden&0o044 == 0 {
+			what, want = "writable", "644"
+		}
+		return nil, fmt.Errorf("%s is %s by group or others (mode %04o): %w; run chmod %s %s", path, what, perm, ErrTooOpen, want, path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, MaxSize)
+	}
+	return data, nil
 }
 
 // Exists reports whether path exists.
