@@ -40,7 +40,6 @@ const (
 // RootLifetime is how long a newly created trust root is valid.
 const RootLifetime = 365 * 24 * time.Hour
 
-
 // Material is the control plane's key material.
 type Material struct {
 	RootSigner   *sign.Signer
