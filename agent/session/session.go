@@ -143,10 +143,7 @@ func (c *Client) runOnce(ctx context.Context) error {
 	if welcome == nil {
 		return errors.New("control plane did not answer hello with welcome")
 	}
-	interval := time.Duration(welcome.GetConfig().GetHeartbeatIntervalSeconds()) * time.Second
-	if interval <= 0 {
-		interval = 15 * time.Second
-	}
+	interval := heartbeatInterval(defaultHeartbeat, welcome.GetConfig())
 	c.setConnected(true, welcome.GetSessionId())
 	defer c.setConnected(false, "")
 	c.cfg.Logger.Info("session open", "session", welcome.GetSessionId(), "control_plane", st.Meta.ControlPlaneAddr, "heartbeat_interval", interval)
@@ -205,8 +202,8 @@ func (c *Client) runOnce(ctx context.Context) error {
 		case m := <-in:
 			switch b := m.GetBody().(type) {
 			case *agentv1.ControlMessage_Config:
-				if s := b.Config.GetHeartbeatIntervalSeconds(); s > 0 {
-					interval = time.Duration(s) * time.Second
+				if next := heartbeatInterval(interval, b.Config); next != interval {
+					interval = next
 					tick.Reset(interval)
 				}
 			case *agentv1.ControlMessage_Ack:
@@ -224,6 +221,24 @@ func (c *Client) runOnce(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// Heartbeat interval bounds: whatever the control plane says, the agent
+// neither floods it nor goes silent for long.
+const (
+	defaultHeartbeat = 15 * time.Second
+	minHeartbeat     = time.Second
+	maxHeartbeat     = 10 * time.Minute
+)
+
+// heartbeatInterval is the interval c asks for, clamped to the bounds, or cur
+// when c does not set one.
+func heartbeatInterval(cur time.Duration, c *agentv1.AgentConfig) time.Duration {
+	s := c.GetHeartbeatIntervalSeconds()
+	if s == 0 {
+		return cur
+	}
+	return min(max(time.Duration(s)*time.Second, minHeartbeat), maxHeartbeat)
 }
 
 // streamErr returns the stream's real status after a failed Send (Send

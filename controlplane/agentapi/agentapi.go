@@ -264,16 +264,14 @@ func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_Sessio
 		}
 		return s.beats.add(ctx, store.Heartbeat{AgentKey: key, At: s.cfg.Now(), Health: health})
 	case *agentv1.AgentMessage_PlanStatus:
-		if t := b.PlanStatus.GetTenant(); t != "" && t != key.Tenant {
+		if t := foreignTenant(m, key.Tenant); t != "" {
 			return s.crossTenant(ctx, id, key, t, "plan_status")
 		}
 		// Plan execution reports are stored by the plans service (signed-plans issue).
 		return stream.Send(&agentv1.ControlMessage{Body: &agentv1.ControlMessage_Ack{Ack: &agentv1.Ack{Ref: m.GetId()}}})
 	case *agentv1.AgentMessage_UsageBatch:
-		for _, r := range b.UsageBatch.GetRecords() {
-			if t := r.GetTenant(); t != "" && t != key.Tenant {
-				return s.crossTenant(ctx, id, key, t, "usage_batch")
-			}
+		if t := foreignTenant(m, key.Tenant); t != "" {
+			return s.crossTenant(ctx, id, key, t, "usage_batch")
 		}
 		// Not acknowledged: the agent keeps the batch spooled until usage
 		// ingestion (the health-and-usage issue) stores it.
@@ -285,6 +283,25 @@ func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_Sessio
 		s.cfg.Logger.Debug("ignoring unknown session message", "agent", id.String())
 		return nil
 	}
+}
+
+// foreignTenant returns the first tenant m names that is not own, or "".
+// Every message member that carries a tenant must be listed here.
+func foreignTenant(m *agentv1.AgentMessage, own string) string {
+	check := func(t string) bool { return t != "" && t != own }
+	switch b := m.GetBody().(type) {
+	case *agentv1.AgentMessage_PlanStatus:
+		if t := b.PlanStatus.GetTenant(); check(t) {
+			return t
+		}
+	case *agentv1.AgentMessage_UsageBatch:
+		for _, r := range b.UsageBatch.GetRecords() {
+			if t := r.GetTenant(); check(t) {
+				return t
+			}
+		}
+	}
+	return ""
 }
 
 func (s *Service) crossTenant(ctx context.Context, id spiffeid.ID, key store.AgentKey, named, kind string) error {

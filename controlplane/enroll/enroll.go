@@ -60,21 +60,10 @@ func (s *Service) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*agen
 	if p, ok := peer.FromContext(ctx); ok {
 		src = p.Addr.String()
 	}
-	tok, err := jointoken.Parse(req.GetJoinToken())
+	tok, err := validate(req, s.td.Name(), s.cfg.CA.KeySHA256())
 	if err != nil {
-		s.refuse(ctx, src, "", "", "malformed join token")
-		return nil, status.Errorf(codes.InvalidArgument, "join token: %v", err)
-	}
-	if tok.TrustDomain != s.td.Name() || tok.CAKeySHA256 != s.cfg.CA.KeySHA256() {
-		s.refuse(ctx, src, tok.ID, "", "join token issued by another control plane")
-		return nil, status.Error(codes.FailedPrecondition, "join token was issued by another control plane (trust domain or CA does not match)")
-	}
-	if _, err := identity.ParseCSR(req.GetCsr()); err != nil {
-		s.refuse(ctx, src, tok.ID, "", err.Error())
-		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
-	}
-	if len(req.GetAgentVersion()) > 64 || len(req.GetHostname()) > 255 {
-		return nil, status.Error(codes.InvalidArgument, "agent_version or hostname too long")
+		s.refuse(ctx, src, tok.ID, "", status.Convert(err).Message())
+		return nil, err
 	}
 
 	stored, err := s.cfg.Store.GetJoinToken(ctx, tok.ID)
@@ -133,6 +122,29 @@ func (s *Service) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*agen
 		TrustRoot:      s.cfg.TrustRoot(),
 		ControlPlaneId: identity.ControlPlaneID(s.td).String(),
 	}, nil
+}
+
+// validate checks everything in a request that needs no store: the token's
+// form and that this control plane issued it, the CSR, the field sizes.
+// Errors are gRPC status errors; tok.ID is set whenever the token parsed.
+func validate(req *agentv1.EnrollRequest, trustDomain string, caKey [32]byte) (jointoken.Token, error) {
+	tok, err := jointoken.Parse(req.GetJoinToken())
+	if err != nil {
+		return jointoken.Token{}, status.Errorf(codes.InvalidArgument, "join token: %v", err)
+	}
+	if tok.TrustDomain != trustDomain || tok.CAKeySHA256 != caKey {
+		return tok, status.Error(codes.FailedPrecondition, "join token was issued by another control plane (trust domain or CA does not match)")
+	}
+	if _, err := identity.ParseCSR(req.GetCsr()); err != nil {
+		return tok, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if len(req.GetAgentVersion()) > 64 {
+		return tok, status.Error(codes.InvalidArgument, "agent_version: longer than 64 bytes")
+	}
+	if len(req.GetHostname()) > 255 {
+		return tok, status.Error(codes.InvalidArgument, "hostname: longer than 255 bytes")
+	}
+	return tok, nil
 }
 
 func (s *Service) refuse(ctx context.Context, src, tokenID, tenant, reason string) {
