@@ -28,10 +28,6 @@ func errBadRequest(format string, args ...any) error {
 	return &apiError{status: http.StatusBadRequest, msg: fmt.Sprintf(format, args...)}
 }
 
-func errNotFound(format string, args ...any) error {
-	return &apiError{status: http.StatusNotFound, msg: fmt.Sprintf(format, args...)}
-}
-
 // storeError maps the store's sentinel errors to statuses; what names the
 // resource ("tenant acme").
 func storeError(err error, what string) error {

@@ -59,7 +59,6 @@ func ServerOptions(creds credentials.TransportCredentials, unauthenticated ...st
 		}),
 		grpc.ReadBufferSize(bufferSize),
 		grpc.WriteBufferSize(bufferSize),
-		grpc.SharedWriteBuffer(true),
 		// A fixed window disables BDP probing, which otherwise grows
 		// per-connection buffers on busy links.
 		grpc.InitialWindowSize(1 << 16),
@@ -81,7 +80,6 @@ func DialOptions(creds credentials.TransportCredentials) []grpc.DialOption {
 		}),
 		grpc.WithReadBufferSize(bufferSize),
 		grpc.WithWriteBufferSize(bufferSize),
-		grpc.WithSharedWriteBuffer(true),
 		grpc.WithInitialWindowSize(1 << 16),
 		grpc.WithInitialConnWindowSize(1 << 16),
 	}
