@@ -104,5 +104,14 @@ func (s *State) RunRenewer(ctx context.Context, logger *slog.Logger) error {
 		}
 		retry = time.Second
 		logger.Info("renewed SVID", "expires", s.Leaf().NotAfter.UTC().Format(time.RFC3339))
+		// However the control plane dated the new SVID, never renew back to
+		// back: wait at least half of what is left of it.
+		if time.Until(s.RenewAt()) <= 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(max(time.Until(s.Leaf().NotAfter)/2, time.Second)):
+			}
+		}
 	}
 }

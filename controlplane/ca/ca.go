@@ -191,9 +191,12 @@ func (c *CA) issue(pub crypto.PublicKey, id spiffeid.ID, hosts []string, ttl tim
 		return nil, err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"Attaché"}},
-		NotBefore:             now.Add(-clockSkew),
+		SerialNumber: serial,
+		Subject:      pkix.Name{Organization: []string{"Attaché"}},
+		// Backdate for peers with slow clocks, but by no more than a tenth of
+		// the lifetime: agents renew at half of NotAfter−NotBefore, which a
+		// full minute of backdating would put in the past for short TTLs.
+		NotBefore:             now.Add(-min(clockSkew, ttl/10)),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageKeyAgreement,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},

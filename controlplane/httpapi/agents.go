@@ -99,6 +99,7 @@ func agentOut(a store.Agent, now time.Time) apiv1.Agent {
 		CertExpiresAt:     a.CertExpiresAt.UTC(),
 		LastSeenAt:        utcPtr(a.LastSeenAt),
 		Connected:         a.Connected,
+		SessionID:         a.SessionID,
 		RevokedAt:         utcPtr(a.RevokedAt),
 		RevokedBy:         a.RevokedBy,
 		Inventory:         rawJSON(a.Inventory),

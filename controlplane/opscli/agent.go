@@ -1,6 +1,7 @@
 package opscli
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -138,8 +139,37 @@ func (g *globals) printAgent(a apiclient.Agent) error {
 		{"Certificate serial", orDash(a.CertSerial)},
 		{"Certificate expires", formatTime(a.CertExpiresAt)},
 	}
+	if a.SessionID != "" {
+		kv = append(kv, [2]string{"Session", a.SessionID})
+	}
+	kv = append(kv, [2]string{"Health", healthSummary(a.Health)})
 	if a.RevokedAt != nil {
 		kv = append(kv, [2]string{"Revoked", formatTimePtr(a.RevokedAt) + " by " + orDash(a.RevokedBy)})
 	}
 	return fields(g.stdout, kv)
+}
+
+// healthSummary renders reported component health as "agent=HEALTHY, svid=DEGRADED (why)".
+func healthSummary(raw json.RawMessage) string {
+	var comps []struct {
+		Name    string `json:"name"`
+		Status  string `json:"status"`
+		Message string `json:"message"`
+	}
+	if len(raw) == 0 || json.Unmarshal(raw, &comps) != nil || len(comps) == 0 {
+		return "-"
+	}
+	parts := make([]string, 0, len(comps))
+	for _, c := range comps {
+		st := strings.TrimPrefix(c.Status, "HEALTH_STATUS_")
+		if st == "" {
+			st = "UNSPECIFIED"
+		}
+		p := c.Name + "=" + st
+		if st != "HEALTHY" && c.Message != "" {
+			p += " (" + c.Message + ")"
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
 }

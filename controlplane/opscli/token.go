@@ -12,7 +12,7 @@ func newTokenCommand(g *globals) *cobra.Command {
 		Use:   "token",
 		Short: "Mint one-time join tokens for agents",
 		Example: `  TOKEN=$(attache token create --tenant acme --ttl 2h)
-  attache-agent --join-token "$TOKEN" ...`,
+  attache-agent run --state-dir /var/lib/attache-agent --token "$TOKEN"`,
 	}
 	cmd.AddCommand(newTokenCreateCommand(g))
 	return cmd

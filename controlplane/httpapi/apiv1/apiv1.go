@@ -80,6 +80,7 @@ type Agent struct {
 	CertExpiresAt     time.Time       `json:"cert_expires_at"`
 	LastSeenAt        *time.Time      `json:"last_seen_at,omitempty"`
 	Connected         bool            `json:"connected"`
+	SessionID         string          `json:"session_id,omitempty"`
 	RevokedAt         *time.Time      `json:"revoked_at,omitempty"`
 	RevokedBy         string          `json:"revoked_by,omitempty"`
 	Inventory         json.RawMessage `json:"inventory,omitempty"`

@@ -1,0 +1,158 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"attache.dev/attache/agent/svid"
+	"attache.dev/attache/internal/identity"
+)
+
+// AgentOptions configures an agent.
+type AgentOptions struct {
+	// Token is the join token; empty for an agent that is already enrolled.
+	Token string
+	// StateDir is the agent's state directory; empty means a new one (not
+	// yet created, so the agent creates it).
+	StateDir string
+	// ReconnectMaxDelay is --reconnect-max-delay; 0 means 2s, so tests that
+	// restart a control plane do not wait long.
+	ReconnectMaxDelay time.Duration
+	// LogLevel is --log-level; default "info".
+	LogLevel string
+}
+
+// Agent is an `attache-agent run` process.
+type Agent struct {
+	env      *Env
+	name     string
+	StateDir string
+	proc     *Process
+}
+
+// StartAgent starts `attache-agent run`.
+func (e *Env) StartAgent(t testing.TB, opts AgentOptions) *Agent {
+	t.Helper()
+	name := e.name("agent")
+	if opts.StateDir == "" {
+		opts.StateDir = filepath.Join(e.dir, name+"-state")
+	}
+	if opts.ReconnectMaxDelay == 0 {
+		opts.ReconnectMaxDelay = 2 * time.Second
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "info"
+	}
+	args := []string{"run",
+		"--state-dir", opts.StateDir,
+		"--reconnect-max-delay", opts.ReconnectMaxDelay.String(),
+		"--log-level", opts.LogLevel,
+	}
+	if opts.Token != "" {
+		args = append(args, "--token", opts.Token)
+	}
+	return &Agent{
+		env:      e,
+		name:     name,
+		StateDir: opts.StateDir,
+		proc:     e.start(t, name, e.Bin(AgentBin), args, nil, true),
+	}
+}
+
+// Process is the agent's process.
+func (a *Agent) Process() *Process { return a.proc }
+
+// Log is what the agent logged so far.
+func (a *Agent) Log() string { return a.proc.Stderr() }
+
+// Kill kills the agent.
+func (a *Agent) Kill() { a.proc.Kill() }
+
+// Wait waits up to timeout for the agent to exit and returns its exit status
+// and stderr; it fails the test if the agent is still running.
+func (a *Agent) Wait(t testing.TB, timeout time.Duration) (exitCode int, stderr string) {
+	t.Helper()
+	code, ok := a.proc.Wait(timeout)
+	if !ok {
+		t.Fatalf("%s still running %s later; expected it to exit", a.name, timeout)
+	}
+	return code, a.proc.Stderr()
+}
+
+// AwaitEnrolled waits until the agent has saved an identity in its state
+// directory and returns it. It fails at once if the agent exits.
+func (a *Agent) AwaitEnrolled(t testing.TB) *svid.State {
+	t.Helper()
+	var st *svid.State
+	Eventually(t, a.name+" to enroll (identity in its state dir)", 30*time.Second, func() (bool, string) {
+		if code, exited := a.proc.Exited(); exited {
+			t.Fatalf("%s exited with status %d before enrolling:\n%s", a.name, code, a.proc.Stderr())
+		}
+		var err error
+		st, err = svid.Load(a.StateDir)
+		if err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	})
+	return st
+}
+
+// Identity loads the agent's identity from its state directory.
+func (a *Agent) Identity(t testing.TB) *svid.State {
+	t.Helper()
+	st, err := svid.Load(a.StateDir)
+	if err != nil {
+		t.Fatalf("load %s identity: %v", a.name, err)
+	}
+	return st
+}
+
+// Ref returns the agent's tenant and agent ID, from the SPIFFE ID in its
+// state directory.
+func (a *Agent) Ref(t testing.TB) (tenant, id string) {
+	t.Helper()
+	st := a.Identity(t)
+	tenant, id, err := identity.ParseAgentID(st.TrustDomain(), st.ID)
+	if err != nil {
+		t.Fatalf("%s: %v", a.name, err)
+	}
+	return tenant, id
+}
+
+// Status runs `attache-agent status` and returns its "Key: value" lines as
+// a map.
+func (a *Agent) Status(t testing.TB) map[string]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "setpriv", "--pdeathsig", "KILL", "--", a.env.Bin(AgentBin), "status", "--state-dir", a.StateDir)
+	cmd.Env = cleanEnv(nil)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("attache-agent status: %v\n%s", err, errb.String())
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok {
+			m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
+
+func writeSecret(path, s string) error {
+	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
+		return errors.New("harness: write " + path + ": " + err.Error())
+	}
+	return nil
+}

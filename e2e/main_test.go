@@ -1,0 +1,15 @@
+package e2e
+
+import (
+	"os"
+	"testing"
+
+	"attache.dev/attache/controlplane/store/pgtest"
+	"attache.dev/attache/e2e/harness"
+)
+
+func TestMain(m *testing.M) {
+	code := harness.Main(m)
+	pgtest.Stop()
+	os.Exit(code)
+}
