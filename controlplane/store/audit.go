@@ -37,8 +37,8 @@ func (s *sqlStore) appendAudit(ctx context.Context, tx *sql.Tx, e auditlog.Entry
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO audit_log
 		(seq, time, actor, role, action, tenant, target, request_id, outcome, source, detail, prev_hash, hash)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		int64(r.Seq), s.d.ts(e.Time), e.Actor, e.Role, e.Action, e.Tenant, e.Target, e.RequestID, e.Outcome, e.Source,
-		blob(e.Detail), r.PrevHash, r.Hash); err != nil {
+		int64(r.Seq), s.d.ts(r.Time), r.Actor, r.Role, r.Action, r.Tenant, r.Target, r.RequestID, r.Outcome, r.Source,
+		blob(r.Detail), r.PrevHash, r.Hash); err != nil {
 		return auditlog.Record{}, fmt.Errorf("store: audit: append record %d: %w", r.Seq, err)
 	}
 	if _, err := tx.ExecContext(ctx, s.q(`UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1`), int64(r.Seq), r.Hash); err != nil {
