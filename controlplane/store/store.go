@@ -164,6 +164,19 @@ type Store interface {
 	APITokenByHash(ctx context.Context, secretHash []byte) (APIToken, error)
 	ListAPITokens(ctx context.Context) ([]APIToken, error)
 
+	// CreatePlan issues agent k's next plan sequence number, calls build with
+	// it and stores the plan build returns with the audit entry, atomically.
+	// ErrRevoked for a revoked agent.
+	CreatePlan(ctx context.Context, k AgentKey, build func(seq uint64) (Plan, error), audit auditlog.Entry) (Plan, error)
+	GetPlan(ctx context.Context, id string) (Plan, error)
+	ListPlans(ctx context.Context, f PlanFilter) ([]Plan, error)
+	// PendingPlans lists agent k's unacknowledged, unexpired plans in
+	// sequence order.
+	PendingPlans(ctx context.Context, k AgentKey, now time.Time) ([]Plan, error)
+	// UpdatePlan applies a status report from agent k about one of its own
+	// plans (ErrNotFound for any other plan); terminal states stick.
+	UpdatePlan(ctx context.Context, k AgentKey, id string, u PlanUpdate, audit *auditlog.Entry) (Plan, error)
+
 	// AppendAudit appends one entry to the hash chain and returns the record.
 	AppendAudit(ctx context.Context, e auditlog.Entry) (auditlog.Record, error)
 	ListAudit(ctx context.Context, f AuditFilter) ([]auditlog.Record, error)

@@ -43,6 +43,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"AppendAudit", testAppendAudit},
 		{"ListAudit", testListAudit},
 		{"AuditConcurrentAppends", testAuditConcurrent},
+		{"Plans", testPlans},
+		{"PlanSequenceRace", testPlanSequenceRace},
 		{"AuditTamper", func(t *testing.T, _ store.Store) { testAuditTamper(t, open) }},
 	}
 	for _, tt := range tests {
