@@ -12,7 +12,8 @@ MAKEFLAGS   += --no-print-directory
 
 GO      ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
-LDFLAGS := -X attache.dev/attache/internal/version.Version=$(VERSION)
+# Providers cannot import internal/version; their mains carry their own var.
+LDFLAGS := -X attache.dev/attache/internal/version.Version=$(VERSION) -X main.version=$(VERSION)
 
 # ---- pinned tools -----------------------------------------------------------
 TOOLS_DIR ?= $(HOME)/.cache/attache/tools
@@ -50,6 +51,7 @@ TEST_TIMEOUT ?= 20m
 TEST_FLAGS   ?=
 FUZZTIME     ?= 5s
 BENCHTIME    ?= 1s
+LOADGEN_AGENTS ?= 10000
 
 # ---- targets ----------------------------------------------------------------
 .PHONY: help
@@ -124,9 +126,8 @@ demo: build ## Start a control plane and an agent locally and show the agent con
 .PHONY: bench
 bench: ## Run the Go benchmarks and print the figures (see docs/BENCHMARKS.md).
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 1 ./...
-	@if [ -d controlplane/cmd/attache-loadgen ]; then \
-		$(GO) run ./controlplane/cmd/attache-loadgen; \
-	fi
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./controlplane/cmd/attache-controlplane
+	$(GO) run ./bench/cmd/attache-loadgen --controlplane bin/attache-controlplane --agents $(LOADGEN_AGENTS)
 
 .PHONY: clean
 clean: ## Remove bin/ and demo/ (not the tool cache).

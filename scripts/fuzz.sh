@@ -29,5 +29,5 @@ for t in "${targets[@]}"; do
 	pkg="${t% *}"
 	fn="${t#* }"
 	echo "--- $pkg $fn"
-	"$GO" test -run '^$' -fuzz "^${fn}\$" -fuzztime "$FUZZTIME" "$pkg"
+	"$GO" test -run '^$' -fuzz "^${fn}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime 2s "$pkg"
 done

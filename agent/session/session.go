@@ -171,7 +171,16 @@ func (c *Client) runOnce(ctx context.Context) error {
 		msgID++
 		m.Id = msgID
 		if err := stream.Send(m); err != nil {
-			return classify(streamErr(stream, err))
+			// Send reports io.EOF; the real status arrives on Recv, which
+			// the receiver goroutine owns: wait for what it saw.
+			select {
+			case rerr := <-recvErr:
+				return classify(rerr)
+			case <-ctx.Done():
+				return err
+			case <-time.After(5 * time.Second):
+				return err
+			}
 		}
 		return nil
 	}
@@ -242,7 +251,8 @@ func heartbeatInterval(cur time.Duration, c *agentv1.AgentConfig) time.Duration 
 }
 
 // streamErr returns the stream's real status after a failed Send (Send
-// reports io.EOF; the status arrives on Recv).
+// reports io.EOF; the status arrives on Recv). Only for use before the
+// receiver goroutine starts: two concurrent Recv calls are not allowed.
 func streamErr(stream agentv1.AgentService_SessionClient, err error) error {
 	if _, rerr := stream.Recv(); rerr != nil {
 		return rerr

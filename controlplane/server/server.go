@@ -206,12 +206,13 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		<-ctx.Done()
+		// Sessions are long-lived streams; GracefulStop would wait for all
+		// of them. Agents reconnect with backoff, so stop at once — first,
+		// so a restart is not held up by the ops API draining.
+		s.grpc.Stop()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = s.http.Shutdown(sctx)
-		// Sessions are long-lived streams; GracefulStop would wait for all
-		// of them. Agents reconnect with backoff, so stop at once.
-		s.grpc.Stop()
 		return nil
 	})
 	s.logger.Info("control plane serving",

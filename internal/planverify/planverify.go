@@ -1,0 +1,243 @@
+// Package planverify holds the agent's rules for accepting a signed plan:
+// the envelope is small enough, signed by the `plans` role of the agent's
+// pinned trust root, carries a plan that decodes and validates, is addressed
+// to this agent of this tenant, is newer than the last accepted plan, and is
+// fresh. It also follows trust-root rotations delivered to the agent.
+//
+// Every refusal matches (errors.Is) exactly one of the exported Err* values,
+// so the agent can report and audit the reason, and tests can branch on it.
+//
+// Imported by the agent (and by tests of the control plane and e2e); never by
+// providers.
+package planverify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	planv1 "attache.dev/attache/protocol/gen/attache/plan/v1"
+
+	"attache.dev/attache/internal/identity"
+	"attache.dev/attache/internal/plan"
+	"attache.dev/attache/internal/sign"
+)
+
+// DefaultClockSkew is the clock-skew allowance for issued_at when
+// Verifier.ClockSkew is zero.
+const DefaultClockSkew = 5 * time.Minute
+
+// Reasons a plan is refused, in the order Verify checks them. Each error
+// Verify returns for a refused plan matches exactly one of them.
+var (
+	// ErrTooLarge: the envelope exceeds plan.MaxPlanBytes. It is the same
+	// value as plan.ErrTooLarge.
+	ErrTooLarge = plan.ErrTooLarge
+	// ErrRootExpired: the pinned trust root has expired, so it vouches for
+	// no plan until a rotation (FollowRoot) replaces it. It is the same value
+	// as sign.ErrRootExpired.
+	ErrRootExpired = sign.ErrRootExpired
+	// ErrSignature: the envelope does not decode as DSSE, or is not signed by
+	// the threshold of the root's `plans` keys over its payload (tampered
+	// payload or type, unknown key, too few signatures).
+	ErrSignature = errors.New("plan signature not valid")
+	// ErrPayloadType: a validly signed envelope whose payload is not a plan.
+	ErrPayloadType = errors.New("envelope does not carry a plan")
+	// ErrMalformed: the payload does not decode as a plan, or holds fields
+	// this agent does not know.
+	ErrMalformed = errors.New("plan malformed")
+	// ErrInvalid: the plan decodes but fails plan.Validate.
+	ErrInvalid = errors.New("plan invalid")
+	// ErrWrongTenant: the plan is for another tenant than the agent's.
+	ErrWrongTenant = errors.New("plan is for another tenant")
+	// ErrWrongAgent: the plan is for another agent (of the agent's tenant).
+	ErrWrongAgent = errors.New("plan is for another agent")
+	// ErrReplay: the plan's sequence is not greater than the last accepted
+	// (a replay when equal, a rollback when lower).
+	ErrReplay = errors.New("plan sequence replayed or rolled back")
+	// ErrExpired: the plan's expires_at has passed.
+	ErrExpired = errors.New("plan expired")
+	// ErrFromFuture: the plan's issued_at is later than now plus the
+	// clock-skew allowance.
+	ErrFromFuture = errors.New("plan issued in the future")
+	// ErrRootRotation: FollowRoot refused a new trust root.
+	ErrRootRotation = errors.New("trust root rotation refused")
+)
+
+// Verifier checks signed plans for one agent. Its fields are read, never
+// written, by Verify, so one Verifier may verify concurrently as long as
+// nobody changes its fields meanwhile; the agent updates LastSequence (after
+// journaling an accepted plan) and Root (after FollowRoot) between calls.
+type Verifier struct {
+	// Root is the agent's pinned trust root (verified at enrollment against
+	// the join token's hash, or reached from it by FollowRoot).
+	Root *sign.Root
+	// Self is the agent's own SPIFFE ID, from its SVID.
+	Self spiffeid.ID
+	// LastSequence is the sequence of the last plan the agent accepted; 0
+	// before the first.
+	LastSequence uint64
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+	// ClockSkew is how far in the future issued_at may be; zero or less
+	// means DefaultClockSkew.
+	ClockSkew time.Duration
+}
+
+func (v *Verifier) now() time.Time {
+	if v.Now == nil {
+		return time.Now()
+	}
+	return v.Now()
+}
+
+// Verify checks a signed plan envelope against every rule and returns the
+// plan if all pass. The checks run in this order, and the first failure is
+// returned, wrapping its Err* value with detail:
+//
+//  1. the envelope is at most plan.MaxPlanBytes (ErrTooLarge);
+//  2. the pinned root has not expired (ErrRootExpired);
+//  3. the envelope decodes and is signed by the root's `plans` threshold
+//     (ErrSignature);
+//  4. its payload type is plan.PayloadType (ErrPayloadType);
+//  5. the payload decodes strictly as a plan (ErrMalformed);
+//  6. the plan validates (ErrInvalid);
+//  7. its tenant is the tenant in Self (ErrWrongTenant), and then its
+//     agent_spiffe_id is Self (ErrWrongAgent); a plan for another tenant
+//     fails both and is reported as ErrWrongTenant, the graver;
+//  8. its sequence is greater than LastSequence (ErrReplay);
+//  9. it has not expired at Now (ErrExpired);
+//  10. issued_at is not after Now + ClockSkew (ErrFromFuture).
+//
+// An error matching none of them means the Verifier itself is misconfigured
+// (no root, or Self not an agent ID of the root's trust domain) or ctx is
+// done. Verify changes nothing: after the agent journals the plan it sets
+// LastSequence to the plan's sequence.
+func (v *Verifier) Verify(ctx context.Context, envelope []byte) (*planv1.Plan, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if v.Root == nil {
+		return nil, errors.New("planverify: no trust root pinned")
+	}
+	td, err := spiffeid.TrustDomainFromString(v.Root.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("planverify: trust root: %w", err)
+	}
+	selfTenant, _, err := identity.ParseAgentID(td, v.Self)
+	if err != nil {
+		return nil, fmt.Errorf("planverify: this agent's own ID: %w", err)
+	}
+	now := v.now()
+
+	// 1. Size, before any parsing.
+	if len(envelope) > plan.MaxPlanBytes {
+		return nil, fmt.Errorf("%w: envelope is %d bytes, limit %d", ErrTooLarge, len(envelope), plan.MaxPlanBytes)
+	}
+	// 2. The root vouches for nothing once expired.
+	if !now.Before(v.Root.Expires) {
+		return nil, fmt.Errorf("%w at %s (version %d); waiting for a rotated root", ErrRootExpired, v.Root.Expires.UTC().Format(time.RFC3339), v.Root.Version)
+	}
+	// 3. Signature, 4. payload type. DSSE signs the payload type with the
+	// payload, so a wrong type on a validly signed envelope is told apart
+	// from a bad signature by verifying under the envelope's own type; that
+	// second look is only taken when the first verification fails.
+	payload, err := sign.VerifyPayload(ctx, v.Root, sign.RolePlans, plan.PayloadType, envelope)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, v.classify(ctx, envelope, err)
+	}
+	// 5. Decode.
+	p, err := plan.Unmarshal(payload)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	// 6. Validate.
+	if err := plan.Validate(p); err != nil {
+		return nil, fmt.Errorf("%w: plan %.128s: %v", ErrInvalid, p.GetPlanId(), err)
+	}
+	// 7. Binding. Validate guarantees agent_spiffe_id parses as an agent of
+	// p.Tenant.
+	if p.GetTenant() != selfTenant {
+		return nil, fmt.Errorf("%w: plan %s is for tenant %q (agent %s); this agent is %s of tenant %q",
+			ErrWrongTenant, p.GetPlanId(), p.GetTenant(), p.GetAgentSpiffeId(), v.Self, selfTenant)
+	}
+	if p.GetAgentSpiffeId() != v.Self.String() {
+		return nil, fmt.Errorf("%w: plan %s is for %s; this agent is %s", ErrWrongAgent, p.GetPlanId(), p.GetAgentSpiffeId(), v.Self)
+	}
+	// 8. Sequence.
+	if seq := p.GetSequence(); seq <= v.LastSequence {
+		what := "replayed"
+		if seq < v.LastSequence {
+			what = "rolled back"
+		}
+		return nil, fmt.Errorf("%w: plan %s has sequence %d, last accepted %d (%s)", ErrReplay, p.GetPlanId(), seq, v.LastSequence, what)
+	}
+	// 9. Expiry.
+	if exp := p.GetExpiresAt().AsTime(); !now.Before(exp) {
+		return nil, fmt.Errorf("%w: plan %s expired at %s, now %s", ErrExpired, p.GetPlanId(), exp.Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	// 10. Issue time.
+	skew := v.ClockSkew
+	if skew <= 0 {
+		skew = DefaultClockSkew
+	}
+	if iss := p.GetIssuedAt().AsTime(); iss.After(now.Add(skew)) {
+		return nil, fmt.Errorf("%w: plan %s issued at %s, %s ahead of this agent's clock (%s), allowance %s",
+			ErrFromFuture, p.GetPlanId(), iss.Format(time.RFC3339), iss.Sub(now).Round(time.Second), now.UTC().Format(time.RFC3339), skew)
+	}
+	return p, nil
+}
+
+// classify turns the failure to verify envelope as a plan into ErrSignature
+// or, when the envelope is validly signed under another payload type,
+// ErrPayloadType.
+func (v *Verifier) classify(ctx context.Context, envelope []byte, verr error) error {
+	var head struct {
+		PayloadType string `json:"payloadType"`
+	}
+	if err := json.Unmarshal(envelope, &head); err != nil {
+		return fmt.Errorf("%w: envelope does not decode: %v", ErrSignature, err)
+	}
+	if head.PayloadType == plan.PayloadType || head.PayloadType == "" {
+		return fmt.Errorf("%w: %v", ErrSignature, verr)
+	}
+	if _, err := sign.VerifyPayload(ctx, v.Root, sign.RolePlans, head.PayloadType, envelope); err != nil {
+		return fmt.Errorf("%w: %v", ErrSignature, err)
+	}
+	return fmt.Errorf("%w: payload type is %.100q, want %q", ErrPayloadType, head.PayloadType, plan.PayloadType)
+}
+
+// FollowRoot accepts next, a signed trust root (DSSE envelope, JSON)
+// delivered to the agent, if it is the rotation of current: version
+// current+1, same trust domain, signed by current's root threshold and by
+// its own, not expired now. current may have expired. Refusals match
+// ErrRootRotation. A rotation that skips versions must be followed one
+// version at a time.
+func FollowRoot(ctx context.Context, current *sign.Root, next []byte) (*sign.Root, error) {
+	return FollowRootAt(ctx, current, next, time.Now())
+}
+
+// FollowRootAt is FollowRoot at the given time.
+func FollowRootAt(ctx context.Context, current *sign.Root, next []byte, now time.Time) (*sign.Root, error) {
+	r, err := sign.VerifyRootUpdate(ctx, current, next, now)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, fmt.Errorf("%w: %w", ErrRootRotation, err)
+	}
+	return r, nil
+}
+
+// FollowRoot is FollowRootAt at v.Now. It does not change v; on success the
+// caller persists the new root and sets v.Root.
+func (v *Verifier) FollowRoot(ctx context.Context, next []byte) (*sign.Root, error) {
+	return FollowRootAt(ctx, v.Root, next, v.now())
+}
