@@ -86,6 +86,10 @@ func (s *Service) Run(ctx context.Context) error {
 	return <-errc
 }
 
+// Flush writes queued heartbeats and session changes now; the server calls
+// it after its gRPC server stopped, so sessions cut by the stop are recorded.
+func (s *Service) Flush(ctx context.Context) { s.beats.flush(ctx) }
+
 // Sessions reports how many sessions this replica holds.
 func (s *Service) Sessions() int { return s.sessions.len() }
 
@@ -158,23 +162,16 @@ func (s *Service) Session(stream agentv1.AgentService_SessionServer) error {
 	inv, _ := protojson.Marshal(hello.GetInventory())
 	sessionID := newSessionID()
 	now := s.cfg.Now()
-	if err := s.cfg.Store.RecordSession(ctx, store.SessionUpdate{
+	s.beats.session(store.SessionUpdate{
 		AgentKey: key, SessionID: sessionID, Connected: true, At: now,
 		Version: hello.GetAgentVersion(), CapabilityVersion: hello.GetCapabilityVersion(), Inventory: inv,
-	}); err != nil {
-		log.Error("record session open", "err", err)
-		return status.Error(codes.Unavailable, "control plane store unavailable")
-	}
+	})
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	s.sessions.add(key, sessionID, cancel)
 	defer func() {
 		s.sessions.remove(key, sessionID)
-		if err := s.cfg.Store.RecordSession(context.WithoutCancel(ctx), store.SessionUpdate{
-			AgentKey: key, SessionID: sessionID, Connected: false, At: s.cfg.Now(),
-		}); err != nil {
-			log.Warn("record session close", "err", err)
-		}
+		s.beats.session(store.SessionUpdate{AgentKey: key, SessionID: sessionID, Connected: false, At: s.cfg.Now()})
 	}()
 	log.Info("session opened", "session", sessionID, "version", hello.GetAgentVersion(), "capability", hello.GetCapabilityVersion())
 
@@ -262,7 +259,8 @@ func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_Sessio
 		if cs := b.Heartbeat.GetComponents(); len(cs) > 0 {
 			health = healthJSON(cs)
 		}
-		return s.beats.add(ctx, store.Heartbeat{AgentKey: key, At: s.cfg.Now(), Health: health})
+		s.beats.add(store.Heartbeat{AgentKey: key, At: s.cfg.Now(), Health: health})
+		return nil
 	case *agentv1.AgentMessage_PlanStatus:
 		if t := foreignTenant(m, key.Tenant); t != "" {
 			return s.crossTenant(ctx, id, key, t, "plan_status")

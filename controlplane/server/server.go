@@ -210,6 +210,8 @@ func (s *Server) Run(ctx context.Context) error {
 		// of them. Agents reconnect with backoff, so stop at once — first,
 		// so a restart is not held up by the ops API draining.
 		s.grpc.Stop()
+		// Handlers have returned (WaitForHandlers): record their closings.
+		s.agentAPI.Flush(context.WithoutCancel(ctx))
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = s.http.Shutdown(sctx)

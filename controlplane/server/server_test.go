@@ -308,3 +308,50 @@ func TestDataDirFileModes(t *testing.T) {
 		}
 	}
 }
+
+// TestStopRecordsSessionClose: stopping the control plane records the open
+// sessions as closed (they are written in one batch after the gRPC server
+// stopped), so agent status is right while it is down.
+func TestStopRecordsSessionClose(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DataDir, cfg.TrustDomain = dir, "example.org"
+	cfg.Agent.Listen, cfg.API.Listen = "127.0.0.1:0", "127.0.0.1:0"
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := New(ctx, cfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	cp := &testCP{Server: s, dir: dir, td: spiffeid.RequireTrustDomainFromString("example.org")}
+	sv, creds := cp.agent(t, "acme")
+	openSession(t, cp.dial(t, creds))
+	tenant, id, _ := identity.ParseAgentID(cp.td, sv.ID)
+	key := store.AgentKey{Tenant: tenant, ID: id}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a, err := s.Store().GetAgent(context.Background(), key)
+		if err == nil && a.Connected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session never recorded as open: %+v %v", a, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(context.Background(), filepath.Join(dir, "attache.db"), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	a, err := st.GetAgent(context.Background(), key)
+	if err != nil || a.Connected {
+		t.Fatalf("after stop: connected=%v, %v; want the session recorded as closed", a.Connected, err)
+	}
+}

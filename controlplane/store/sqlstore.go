@@ -480,6 +480,48 @@ func (s *sqlStore) RecordSession(ctx context.Context, u SessionUpdate) error {
 	return nil
 }
 
+// RecordSessions applies session openings and closings in order in one
+// transaction (one commit for a whole reconnection storm). Updates for
+// unknown or revoked agents, and closes already superseded by a newer
+// session, change nothing.
+func (s *sqlStore) RecordSessions(ctx context.Context, us []SessionUpdate) error {
+	if len(us) == 0 {
+		return nil
+	}
+	now := s.timeNow()
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		open, err := tx.PrepareContext(ctx, s.q(`UPDATE agents
+			SET connected = ?, session_id = ?, version = ?, capability_version = ?,
+			    inventory = COALESCE(?, inventory), last_seen_at = ?
+			WHERE tenant = ? AND id = ? AND revoked_at IS NULL`))
+		if err != nil {
+			return fmt.Errorf("store: record sessions: %w", err)
+		}
+		defer open.Close()
+		closing, err := tx.PrepareContext(ctx, s.q(`UPDATE agents SET connected = ?, last_seen_at = ?
+			WHERE tenant = ? AND id = ? AND session_id = ?`))
+		if err != nil {
+			return fmt.Errorf("store: record sessions: %w", err)
+		}
+		defer closing.Close()
+		for _, u := range us {
+			at := u.At
+			if at.IsZero() {
+				at = now
+			}
+			if u.Connected {
+				_, err = open.ExecContext(ctx, true, u.SessionID, u.Version, int64(u.CapabilityVersion), blob(u.Inventory), s.d.ts(at), u.Tenant, u.ID)
+			} else {
+				_, err = closing.ExecContext(ctx, false, s.d.ts(at), u.Tenant, u.ID, u.SessionID)
+			}
+			if err != nil {
+				return fmt.Errorf("store: record session of agent %s: %w", keyString(u.AgentKey), err)
+			}
+		}
+		return nil
+	})
+}
+
 // --- API tokens ---
 
 func (s *sqlStore) CreateAPIToken(ctx context.Context, t APIToken, audit *auditlog.Entry) error {

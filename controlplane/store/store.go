@@ -158,6 +158,9 @@ type Store interface {
 	// RecordSession marks a session open or closed. A close only applies if
 	// SessionID still matches (a newer session may already have opened).
 	RecordSession(ctx context.Context, u SessionUpdate) error
+	// RecordSessions applies many session updates, in order, in one
+	// transaction; updates that no longer apply are skipped.
+	RecordSessions(ctx context.Context, us []SessionUpdate) error
 
 	CreateAPIToken(ctx context.Context, t APIToken, audit *auditlog.Entry) error
 	// APITokenByHash finds a token that is not revoked.

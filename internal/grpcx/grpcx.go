@@ -63,6 +63,9 @@ func ServerOptions(creds credentials.TransportCredentials, unauthenticated ...st
 		// per-connection buffers on busy links.
 		grpc.InitialWindowSize(1 << 16),
 		grpc.InitialConnWindowSize(1 << 16),
+		// Stop returns only after every handler has, so what handlers do
+		// on the way out (recording session closes) is not lost.
+		grpc.WaitForHandlers(true),
 		grpc.ChainUnaryInterceptor(unaryAuth(unauthenticated)),
 		grpc.ChainStreamInterceptor(streamAuth(unauthenticated)),
 	}
