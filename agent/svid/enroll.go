@@ -29,6 +29,24 @@ import (
 // token is never sent; the returned bundle must contain that CA and the trust
 // root must hash to the token's trust-root hash, or nothing is saved.
 func Enroll(ctx context.Context, dir, rawToken string) (*State, error) {
+	if err := securefile.MkdirAll(dir); err != nil {
+		return nil, err
+	}
+	hostname, _ := os.Hostname()
+	st, err := EnrollInMemory(ctx, rawToken, hostname)
+	if err != nil {
+		return nil, err
+	}
+	st.Dir = dir
+	if err := st.save(); err != nil {
+		return nil, fmt.Errorf("enroll: save identity: %w", err)
+	}
+	return st, nil
+}
+
+// EnrollInMemory does everything Enroll does but save: the returned State
+// has no Dir. The fleet benchmark uses it to enroll thousands of agents.
+func EnrollInMemory(ctx context.Context, rawToken, hostname string) (*State, error) {
 	tok, err := jointoken.Parse(rawToken)
 	if err != nil {
 		return nil, fmt.Errorf("join token: %w", err)
@@ -39,9 +57,6 @@ func Enroll(ctx context.Context, dir, rawToken string) (*State, error) {
 	}
 	if !tok.ExpiresAt.IsZero() && time.Now().After(tok.ExpiresAt) {
 		return nil, fmt.Errorf("join token %s expired at %s: create a new one with `attache token create`", tok.ID, tok.ExpiresAt.Format(time.RFC3339))
-	}
-	if err := securefile.MkdirAll(dir); err != nil {
-		return nil, err
 	}
 	key, err := identity.NewKey()
 	if err != nil {
@@ -56,7 +71,6 @@ func Enroll(ctx context.Context, dir, rawToken string) (*State, error) {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
 	defer conn.Close()
-	hostname, _ := os.Hostname()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := agentv1.NewEnrollmentServiceClient(conn).Enroll(ctx, &agentv1.EnrollRequest{
@@ -96,8 +110,7 @@ func Enroll(ctx context.Context, dir, rawToken string) (*State, error) {
 	if err != nil || serverID != identity.ControlPlaneID(td) {
 		return nil, fmt.Errorf("enroll: unexpected control plane id %q", resp.GetControlPlaneId())
 	}
-	st := &State{
-		Dir: dir,
+	return &State{
 		Meta: Meta{
 			ControlPlaneAddr: tok.Addr,
 			TrustDomain:      td.Name(),
@@ -109,11 +122,7 @@ func Enroll(ctx context.Context, dir, rawToken string) (*State, error) {
 		ServerID:  serverID,
 		Source:    identity.NewSource(sv, bundle),
 		TrustRoot: resp.GetTrustRoot(),
-	}
-	if err := st.save(); err != nil {
-		return nil, fmt.Errorf("enroll: save identity: %w", err)
-	}
-	return st, nil
+	}, nil
 }
 
 func hasPinnedCA(certs []*x509.Certificate, pin [32]byte) bool {
