@@ -2,16 +2,12 @@ package agentapi
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
 	"attache.dev/attache/controlplane/store"
 )
-
-// errReplaced is the cancel cause of a session superseded by a newer one.
-var errReplaced = errors.New("session replaced by a newer session of the same agent")
 
 const (
 	flushInterval = time.Second

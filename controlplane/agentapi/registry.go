@@ -2,10 +2,14 @@ package agentapi
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"attache.dev/attache/controlplane/store"
 )
+
+// errReplaced is the cancel cause of a session superseded by a newer one.
+var errReplaced = errors.New("session replaced by a newer session of the same agent")
 
 // registry maps the agents connected to this replica to their session's
 // cancel function. It is connection state, not control-plane state: it dies

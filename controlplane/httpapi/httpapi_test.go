@@ -312,7 +312,7 @@ func TestAgents(t *testing.T) {
 	}
 
 	k := store.AgentKey{Tenant: "acme", ID: "a1"}
-	if err := e.store.RecordSession(ctx, store.SessionUpdate{AgentKey: k, SessionID: "s1", Connected: true, At: e.clock.Now(), Version: "1.2.3"}); err != nil {
+	if err := e.store.RecordSessions(ctx, []store.SessionUpdate{{AgentKey: k, SessionID: "s1", Connected: true, At: e.clock.Now(), Version: "1.2.3"}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.store.RecordHeartbeats(ctx, []store.Heartbeat{{AgentKey: k, At: e.clock.Now()}}); err != nil {

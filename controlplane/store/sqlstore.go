@@ -445,41 +445,6 @@ func (s *sqlStore) UpdateAgentCert(ctx context.Context, k AgentKey, serial strin
 	return nil
 }
 
-// RecordSession refuses to open a session for a revoked agent (ErrRevoked).
-// A close whose SessionID no longer matches is a no-op.
-func (s *sqlStore) RecordSession(ctx context.Context, u SessionUpdate) error {
-	at := u.At
-	if at.IsZero() {
-		at = s.timeNow()
-	}
-	if u.Connected {
-		res, err := s.db.ExecContext(ctx, s.q(`UPDATE agents
-			SET connected = ?, session_id = ?, version = ?, capability_version = ?,
-			    inventory = COALESCE(?, inventory), last_seen_at = ?
-			WHERE tenant = ? AND id = ? AND revoked_at IS NULL`),
-			true, u.SessionID, u.Version, int64(u.CapabilityVersion), blob(u.Inventory), s.d.ts(at), u.Tenant, u.ID)
-		if err != nil {
-			return fmt.Errorf("store: open session for agent %s: %w", keyString(u.AgentKey), err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return s.liveAgentMiss(ctx, s.db, u.AgentKey)
-		}
-		return nil
-	}
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE agents SET connected = ?, last_seen_at = ?
-		WHERE tenant = ? AND id = ? AND session_id = ?`), false, s.d.ts(at), u.Tenant, u.ID, u.SessionID)
-	if err != nil {
-		return fmt.Errorf("store: close session for agent %s: %w", keyString(u.AgentKey), err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		// A newer session took over, or there is no such agent.
-		if _, err := s.getAgent(ctx, s.db, u.AgentKey); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // RecordSessions applies session openings and closings in order in one
 // transaction (one commit for a whole reconnection storm). Updates for
 // unknown or revoked agents, and closes already superseded by a newer

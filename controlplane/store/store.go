@@ -155,11 +155,10 @@ type Store interface {
 	UpdateAgentCert(ctx context.Context, k AgentKey, serial string, expiresAt time.Time) error
 	// RecordHeartbeats applies a batch of last-seen updates in one transaction.
 	RecordHeartbeats(ctx context.Context, hs []Heartbeat) error
-	// RecordSession marks a session open or closed. A close only applies if
-	// SessionID still matches (a newer session may already have opened).
-	RecordSession(ctx context.Context, u SessionUpdate) error
-	// RecordSessions applies many session updates, in order, in one
-	// transaction; updates that no longer apply are skipped.
+	// RecordSessions applies session openings and closings, in order, in one
+	// transaction. A close applies only if its SessionID is still the
+	// agent's (a newer session may have opened); updates for unknown or
+	// revoked agents change nothing.
 	RecordSessions(ctx context.Context, us []SessionUpdate) error
 
 	CreateAPIToken(ctx context.Context, t APIToken, audit *auditlog.Entry) error
