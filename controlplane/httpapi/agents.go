@@ -23,7 +23,7 @@ func (s *server) listAgents(w http.ResponseWriter, r *http.Request, c *call) err
 	}
 	out := apiv1.AgentList{Agents: make([]apiv1.Agent, 0, len(as))}
 	for _, a := range as {
-		out.Agents = append(out.Agents, agentOut(a, c.now))
+		out.Agents = append(out.Agents, s.agentOut(a, c.now))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -38,7 +38,7 @@ func (s *server) getAgent(w http.ResponseWriter, r *http.Request, c *call) error
 	if err != nil {
 		return storeError(err, "agent "+k.Tenant+"/"+k.ID)
 	}
-	writeJSON(w, http.StatusOK, agentOut(a, c.now))
+	writeJSON(w, http.StatusOK, s.agentOut(a, c.now))
 	return nil
 }
 
@@ -52,7 +52,7 @@ func (s *server) revokeAgent(w http.ResponseWriter, r *http.Request, c *call) er
 	if err != nil {
 		return storeError(err, "agent "+k.Tenant+"/"+k.ID)
 	}
-	writeJSON(w, http.StatusOK, agentOut(a, c.now))
+	writeJSON(w, http.StatusOK, s.agentOut(a, c.now))
 	return nil
 }
 
@@ -72,24 +72,24 @@ func agentKey(r *http.Request) (store.AgentKey, error) {
 }
 
 // agentStatus derives what ops want to see from the stored flags.
-func agentStatus(a store.Agent, now time.Time) string {
+func agentStatus(a store.Agent, now time.Time, window time.Duration) string {
 	switch {
 	case a.RevokedAt != nil:
 		return apiv1.AgentRevoked
 	case a.LastSeenAt == nil && !a.Connected:
 		return apiv1.AgentNeverConnected
-	case a.Connected && a.LastSeenAt != nil && now.Sub(*a.LastSeenAt) <= ConnectedWindow:
+	case a.Connected && a.LastSeenAt != nil && now.Sub(*a.LastSeenAt) <= window:
 		return apiv1.AgentConnected
 	default:
 		return apiv1.AgentDisconnected
 	}
 }
 
-func agentOut(a store.Agent, now time.Time) apiv1.Agent {
+func (s *server) agentOut(a store.Agent, now time.Time) apiv1.Agent {
 	return apiv1.Agent{
 		Tenant:            a.Tenant,
 		ID:                a.ID,
-		Status:            agentStatus(a, now),
+		Status:            agentStatus(a, now, ConnectedWindow(s.cfg.HeartbeatInterval)),
 		SPIFFEID:          a.SPIFFEID,
 		Hostname:          a.Hostname,
 		Version:           a.Version,

@@ -22,9 +22,9 @@ import (
 const (
 	DefaultTokenTTL    = time.Hour
 	DefaultMaxTokenTTL = 24 * time.Hour
-	// ConnectedWindow is how recently a connected agent must have been seen
-	// to count as connected: three heartbeat intervals.
-	ConnectedWindow = 90 * time.Second
+	// DefaultHeartbeatInterval is the agents' heartbeat interval when the
+	// Config does not say (the control plane's default).
+	DefaultHeartbeatInterval = 15 * time.Second
 
 	maxBodyBytes     = 1 << 20
 	defaultAuditPage = 100
@@ -45,6 +45,19 @@ type Config struct {
 	TrustRootSHA256 func() [32]byte
 	Now             func() time.Time // nil means time.Now
 	MaxTokenTTL     time.Duration    // 0 means DefaultMaxTokenTTL
+	// HeartbeatInterval is how often agents are told to send heartbeats;
+	// an agent counts as connected while seen within ConnectedWindow of it.
+	HeartbeatInterval time.Duration // 0 means DefaultHeartbeatInterval
+}
+
+// ConnectedWindow is how recently a connected agent must have been seen to
+// count as connected: three heartbeat intervals, so one late or lost
+// heartbeat does not flip it, and never less than 30 s.
+func ConnectedWindow(heartbeat time.Duration) time.Duration {
+	if heartbeat <= 0 {
+		heartbeat = DefaultHeartbeatInterval
+	}
+	return max(3*heartbeat, 30*time.Second)
 }
 
 func (c *Config) validate() error {
@@ -63,6 +76,9 @@ func (c *Config) validate() error {
 	}
 	if c.CAKeySHA256 == nil || c.TrustRootSHA256 == nil {
 		errs = append(errs, errors.New("httpapi: CAKeySHA256 and TrustRootSHA256 are required"))
+	}
+	if c.HeartbeatInterval < 0 {
+		errs = append(errs, errors.New("httpapi: HeartbeatInterval must not be negative"))
 	}
 	if c.MaxTokenTTL < 0 {
 		errs = append(errs, errors.New("httpapi: MaxTokenTTL must not be negative"))

@@ -124,12 +124,13 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 	agentv1.RegisterAgentServiceServer(s.grpc, s.agentAPI)
 
 	api, err := httpapi.New(httpapi.Config{
-		Store:           st,
-		Logger:          logger.With("component", "httpapi"),
-		TrustDomain:     td.Name(),
-		AgentAddr:       cfg.AgentAdvertise(),
-		CAKeySHA256:     authority.KeySHA256,
-		TrustRootSHA256: material.RootHash,
+		Store:             st,
+		Logger:            logger.With("component", "httpapi"),
+		TrustDomain:       td.Name(),
+		AgentAddr:         cfg.AgentAdvertise(),
+		CAKeySHA256:       authority.KeySHA256,
+		TrustRootSHA256:   material.RootHash,
+		HeartbeatInterval: time.Duration(cfg.HeartbeatInterval),
 	})
 	if err != nil {
 		return nil, err
