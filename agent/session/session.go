@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -46,11 +45,6 @@ type Config struct {
 // Client keeps a session open.
 type Client struct {
 	cfg Config
-
-	mu        sync.Mutex
-	connected bool
-	sessionID string
-	sessions  int
 }
 
 // New returns a client.
@@ -65,14 +59,6 @@ func New(cfg Config) *Client {
 		cfg.StableAfter = 30 * time.Second
 	}
 	return &Client{cfg: cfg}
-}
-
-// Status reports whether a session is open, its ID and how many sessions
-// have been opened so far.
-func (c *Client) Status() (connected bool, sessionID string, sessions int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.connected, c.sessionID, c.sessions
 }
 
 // Run keeps a session open until ctx ends (nil) or the agent is revoked
@@ -101,15 +87,6 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(d):
 		}
-	}
-}
-
-func (c *Client) setConnected(ok bool, id string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.connected, c.sessionID = ok, id
-	if ok {
-		c.sessions++
 	}
 }
 
@@ -144,8 +121,6 @@ func (c *Client) runOnce(ctx context.Context) error {
 		return errors.New("control plane did not answer hello with welcome")
 	}
 	interval := heartbeatInterval(defaultHeartbeat, welcome.GetConfig())
-	c.setConnected(true, welcome.GetSessionId())
-	defer c.setConnected(false, "")
 	c.cfg.Logger.Info("session open", "session", welcome.GetSessionId(), "control_plane", st.Meta.ControlPlaneAddr, "heartbeat_interval", interval)
 
 	// Sends happen only on this goroutine; the receiver hands messages over.

@@ -90,9 +90,6 @@ func (s *Service) Run(ctx context.Context) error {
 // it after its gRPC server stopped, so sessions cut by the stop are recorded.
 func (s *Service) Flush(ctx context.Context) { s.beats.flush(ctx) }
 
-// Sessions reports how many sessions this replica holds.
-func (s *Service) Sessions() int { return s.sessions.len() }
-
 // errRevoked is the cancel cause of a session whose agent was revoked.
 var errRevoked = errors.New("agent revoked")
 

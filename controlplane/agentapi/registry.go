@@ -55,9 +55,3 @@ func (r *registry) cancel(k store.AgentKey, cause error) bool {
 	}
 	return ok
 }
-
-func (r *registry) len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.m)
-}

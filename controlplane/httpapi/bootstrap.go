@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"time"
 
 	"attache.dev/attache/controlplane/store"
 	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/internal/securefile"
 )
 
 // BootstrapTokenName is the name of the first admin API token.
@@ -36,23 +38,11 @@ func Bootstrap(ctx context.Context, s store.Store, path string, now time.Time) (
 
 	// Write the file first: a token in the store that nobody holds would
 	// lock everyone out, since Bootstrap never runs again.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
+	if err := securefile.Create(path, []byte(secret+"\n")); err != nil {
+		if errors.Is(err, fs.ErrExist) {
 			return false, fmt.Errorf("bootstrap: %s already exists but the store has no API token; move it away to bootstrap again", path)
 		}
 		return false, fmt.Errorf("bootstrap: %w", err)
-	}
-	_, werr := f.WriteString(secret + "\n")
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		os.Remove(path)
-		return false, fmt.Errorf("bootstrap: write %s: %w", path, werr)
 	}
 
 	detail := marshalDetail(map[string]string{"name": t.Name, "role": string(t.Role), "file": path})

@@ -50,21 +50,24 @@ func Write(path string, data []byte) error {
 
 // Create writes data to path with mode 0600 only if path does not exist yet.
 // It reports fs.ErrExist (wrapped) when it does.
-func Create(path string, data []byte) error {
+func Create(path string, data []byte) (err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", path, err)
 	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(path) // never leave a half-written secret behind
+			err = fmt.Errorf("create %s: %w", path, err)
+		}
+	}()
 	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("create %s: %w", path, err)
+		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	return f.Close()
+	return f.Sync()
 }
 
 // ErrTooOpen is returned by Read for files group or others may access.
