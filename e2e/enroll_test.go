@@ -124,8 +124,11 @@ func TestCAPinMismatch(t *testing.T) {
 	if code == 0 {
 		t.Fatal("agent enrolled with a control plane that does not match the CA pin")
 	}
-	if !strings.Contains(stderr, "CA hash") {
-		t.Errorf("agent's error does not mention the CA hash:\n%s", stderr)
+	// "refusing this control plane" is what the agent says when it
+	// recognized the pin failure itself (errors.Is on the TLS verifier's
+	// error), not just a connection error that happens to mention it.
+	if !strings.Contains(stderr, "CA hash") || !strings.Contains(stderr, "refusing this control plane") {
+		t.Errorf("agent's error does not say it refused the control plane for its CA hash:\n%s", stderr)
 	}
 
 	// The token never reached the control plane: no enrollment with it in
@@ -303,7 +306,8 @@ func probeSession(t *testing.T, cp *harness.ControlPlane, st *svid.State) error 
 func enrollDirect(t *testing.T, cp *harness.ControlPlane, raw string, pin [32]byte) error {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString(cp.TrustDomain)
-	conn, err := grpc.NewClient(cp.AgentAddr, grpcx.DialOptions(credentials.NewTLS(identity.EnrollTLSConfig(td, pin)))...)
+	tlsConfig, _ := identity.EnrollTLSConfig(td, pin)
+	conn, err := grpc.NewClient(cp.AgentAddr, grpcx.DialOptions(credentials.NewTLS(tlsConfig))...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -66,7 +65,8 @@ func EnrollInMemory(ctx context.Context, rawToken, hostname string) (*State, err
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(tok.Addr, grpcx.DialOptions(credentials.NewTLS(identity.EnrollTLSConfig(td, tok.CAKeySHA256)))...)
+	tlsConfig, verified := identity.EnrollTLSConfig(td, tok.CAKeySHA256)
+	conn, err := grpc.NewClient(tok.Addr, grpcx.DialOptions(credentials.NewTLS(tlsConfig))...)
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
@@ -80,7 +80,7 @@ func EnrollInMemory(ctx context.Context, rawToken, hostname string) (*State, err
 		Hostname:     hostname,
 	})
 	if err != nil {
-		if errors.Is(err, identity.ErrPinMismatch) || containsPinMismatch(err) {
+		if errors.Is(verified(), identity.ErrPinMismatch) {
 			return nil, fmt.Errorf("enroll with %s: refusing this control plane: %w (wrong address, or someone in the middle)", tok.Addr, identity.ErrPinMismatch)
 		}
 		return nil, fmt.Errorf("enroll with %s: %w", tok.Addr, err)
@@ -132,10 +132,4 @@ func hasPinnedCA(certs []*x509.Certificate, pin [32]byte) bool {
 		}
 	}
 	return false
-}
-
-// containsPinMismatch recognizes the pin error after gRPC flattened it into
-// a status message (the TLS handshake error is not wrapped through).
-func containsPinMismatch(err error) bool {
-	return err != nil && strings.Contains(err.Error(), identity.ErrPinMismatch.Error())
 }

@@ -92,7 +92,8 @@ func (cp *testCP) agent(t *testing.T, tenant string) (*x509svid.SVID, credential
 	}
 	key, _ := identity.NewKey()
 	csr, _ := identity.NewCSR(key)
-	conn, err := grpc.NewClient(tok.Addr, grpcx.DialOptions(credentials.NewTLS(identity.EnrollTLSConfig(cp.td, tok.CAKeySHA256)))...)
+	tlsConfig, _ := identity.EnrollTLSConfig(cp.td, tok.CAKeySHA256)
+	conn, err := grpc.NewClient(tok.Addr, grpcx.DialOptions(credentials.NewTLS(tlsConfig))...)
 	if err != nil {
 		t.Fatal(err)
 	}

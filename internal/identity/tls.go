@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -51,35 +52,60 @@ var ErrPinMismatch = errors.New("control plane CA does not match the join token'
 // SubjectPublicKeyInfo hashes to caKeySHA256 (the pin in the join token), and
 // its SVID must verify against that CA with the control plane's SPIFFE ID.
 // The join token is sent only after this check passes.
-func EnrollTLSConfig(td spiffeid.TrustDomain, caKeySHA256 [32]byte) *tls.Config {
+//
+// gRPC reports a failed handshake as a flattened Unavailable status, so the
+// returned function gives the verification error itself (nil if the last
+// handshake verified), for callers to branch on with errors.Is.
+func EnrollTLSConfig(td spiffeid.TrustDomain, caKeySHA256 [32]byte) (*tls.Config, func() error) {
 	want := ControlPlaneID(td)
+	var (
+		mu   sync.Mutex
+		last error
+	)
+	record := func(err error) error {
+		mu.Lock()
+		last = err
+		mu.Unlock()
+		return err
+	}
+	verified := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return last
+	}
 	return &tls.Config{
 		MinVersion:         tls.VersionTLS13,
 		InsecureSkipVerify: true, // verified below against the pinned CA, by SPIFFE ID
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			var pinned *x509.Certificate
-			for _, der := range raw[min(1, len(raw)):] {
-				c, err := x509.ParseCertificate(der)
-				if err != nil {
-					return fmt.Errorf("control plane certificate: %w", err)
-				}
-				if c.IsCA && sha256.Sum256(c.RawSubjectPublicKeyInfo) == caKeySHA256 {
-					pinned = c
-					break
-				}
-			}
-			if pinned == nil {
-				return ErrPinMismatch
-			}
-			bundle := x509bundle.FromX509Authorities(td, []*x509.Certificate{pinned})
-			id, _, err := x509svid.ParseAndVerify(raw, bundle)
-			if err != nil {
-				return fmt.Errorf("control plane certificate: %w", err)
-			}
-			if id != want {
-				return fmt.Errorf("control plane presented %s, want %s", id, want)
-			}
-			return nil
+			return record(verifyPinned(raw, td, caKeySHA256, want))
 		},
+	}, verified
+}
+
+// verifyPinned checks a server chain against the pinned CA key and the
+// control plane's SPIFFE ID.
+func verifyPinned(raw [][]byte, td spiffeid.TrustDomain, caKeySHA256 [32]byte, want spiffeid.ID) error {
+	var pinned *x509.Certificate
+	for _, der := range raw[min(1, len(raw)):] {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("control plane certificate: %w", err)
+		}
+		if c.IsCA && sha256.Sum256(c.RawSubjectPublicKeyInfo) == caKeySHA256 {
+			pinned = c
+			break
+		}
 	}
+	if pinned == nil {
+		return ErrPinMismatch
+	}
+	bundle := x509bundle.FromX509Authorities(td, []*x509.Certificate{pinned})
+	id, _, err := x509svid.ParseAndVerify(raw, bundle)
+	if err != nil {
+		return fmt.Errorf("control plane certificate: %w", err)
+	}
+	if id != want {
+		return fmt.Errorf("control plane presented %s, want %s", id, want)
+	}
+	return nil
 }
