@@ -152,34 +152,10 @@ func (s *Service) Session(stream agentv1.AgentService_SessionServer) error {
 	key := store.AgentKey{Tenant: a.Tenant, ID: a.ID}
 	log := s.cfg.Logger.With("tenant", a.Tenant, "agent", a.ID)
 
-	hello, err := s.awaitHello(ctx, stream)
-	if err != nil {
-		return err
-	}
-	inv, _ := protojson.Marshal(hello.GetInventory())
-	sessionID := newSessionID()
-	now := s.cfg.Now()
-	s.beats.session(store.SessionUpdate{
-		AgentKey: key, SessionID: sessionID, Connected: true, At: now,
-		Version: hello.GetAgentVersion(), CapabilityVersion: hello.GetCapabilityVersion(), Inventory: inv,
-	})
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	s.sessions.add(key, sessionID, cancel)
-	defer func() {
-		s.sessions.remove(key, sessionID)
-		s.beats.session(store.SessionUpdate{AgentKey: key, SessionID: sessionID, Connected: false, At: s.cfg.Now()})
-	}()
-	log.Info("session opened", "session", sessionID, "version", hello.GetAgentVersion(), "capability", hello.GetCapabilityVersion())
-
-	if err := stream.Send(&agentv1.ControlMessage{Body: &agentv1.ControlMessage_Welcome{Welcome: &agentv1.Welcome{
-		SessionId:  sessionID,
-		ServerTime: timestamppb.New(now),
-		Config:     &agentv1.AgentConfig{HeartbeatIntervalSeconds: uint32(s.cfg.HeartbeatInterval / time.Second)},
-	}}}); err != nil {
-		return err
-	}
-
+	// The only receiver of this stream; the handler goroutine selects over
+	// what it delivers, revocation and the hello deadline.
 	in := make(chan *agentv1.AgentMessage)
 	recvErr := make(chan error, 1)
 	go func() {
@@ -196,6 +172,32 @@ func (s *Service) Session(stream agentv1.AgentService_SessionServer) error {
 			}
 		}
 	}()
+
+	hello, err := s.awaitHello(sctx, in, recvErr)
+	if err != nil {
+		return err
+	}
+	inv, _ := protojson.Marshal(hello.GetInventory())
+	sessionID := newSessionID()
+	now := s.cfg.Now()
+	s.beats.session(store.SessionUpdate{
+		AgentKey: key, SessionID: sessionID, Connected: true, At: now,
+		Version: hello.GetAgentVersion(), CapabilityVersion: hello.GetCapabilityVersion(), Inventory: inv,
+	})
+	s.sessions.add(key, sessionID, cancel)
+	defer func() {
+		s.sessions.remove(key, sessionID)
+		s.beats.session(store.SessionUpdate{AgentKey: key, SessionID: sessionID, Connected: false, At: s.cfg.Now()})
+	}()
+	log.Info("session opened", "session", sessionID, "version", hello.GetAgentVersion(), "capability", hello.GetCapabilityVersion())
+
+	if err := stream.Send(&agentv1.ControlMessage{Body: &agentv1.ControlMessage_Welcome{Welcome: &agentv1.Welcome{
+		SessionId:  sessionID,
+		ServerTime: timestamppb.New(now),
+		Config:     &agentv1.AgentConfig{HeartbeatIntervalSeconds: uint32(s.cfg.HeartbeatInterval / time.Second)},
+	}}}); err != nil {
+		return err
+	}
 
 	for {
 		select {
@@ -216,24 +218,14 @@ func (s *Service) Session(stream agentv1.AgentService_SessionServer) error {
 	}
 }
 
-func (s *Service) awaitHello(ctx context.Context, stream agentv1.AgentService_SessionServer) (*agentv1.Hello, error) {
-	type result struct {
-		m   *agentv1.AgentMessage
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		m, err := stream.Recv()
-		ch <- result{m, err}
-	}()
+// awaitHello waits for the first message, which must be a Hello, for at
+// most HelloTimeout.
+func (s *Service) awaitHello(ctx context.Context, in <-chan *agentv1.AgentMessage, recvErr <-chan error) (*agentv1.Hello, error) {
 	t := time.NewTimer(s.cfg.HelloTimeout)
 	defer t.Stop()
 	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, r.err
-		}
-		h := r.m.GetHello()
+	case m := <-in:
+		h := m.GetHello()
 		if h == nil {
 			return nil, status.Error(codes.InvalidArgument, "session must start with hello")
 		}
@@ -241,6 +233,8 @@ func (s *Service) awaitHello(ctx context.Context, stream agentv1.AgentService_Se
 			return nil, status.Error(codes.InvalidArgument, "hello: agent_version longer than 64 bytes")
 		}
 		return h, nil
+	case err := <-recvErr:
+		return nil, err
 	case <-t.C:
 		return nil, status.Errorf(codes.DeadlineExceeded, "no hello within %s", s.cfg.HelloTimeout)
 	case <-ctx.Done():

@@ -356,3 +356,18 @@ func TestStopRecordsSessionClose(t *testing.T) {
 		t.Fatalf("after stop: connected=%v, %v; want the session recorded as closed", a.Connected, err)
 	}
 }
+
+func TestSessionMustStartWithHello(t *testing.T) {
+	cp := startCP(t)
+	_, creds := cp.agent(t, "acme")
+	s, err := cp.dial(t, creds).Session(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{}}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := recvStatus(t, s, 5*time.Second); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "hello") {
+		t.Fatalf("session opened with a heartbeat: %v, want InvalidArgument naming hello", st)
+	}
+}
