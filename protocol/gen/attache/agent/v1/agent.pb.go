@@ -597,6 +597,10 @@ type Hello struct {
 	Inventory *Inventory `protobuf:"bytes,3,opt,name=inventory,proto3" json:"inventory,omitempty"`
 	// The highest plan sequence the agent has accepted.
 	LastPlanSequence uint64 `protobuf:"varint,4,opt,name=last_plan_sequence,json=lastPlanSequence,proto3" json:"last_plan_sequence,omitempty"`
+	// Version of the plan trust root the agent has pinned; the control plane
+	// sends the newer roots (Welcome.trust_roots) so the agent can follow
+	// rotations one version at a time.
+	TrustRootVersion uint32 `protobuf:"varint,5,opt,name=trust_root_version,json=trustRootVersion,proto3" json:"trust_root_version,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -655,6 +659,13 @@ func (x *Hello) GetInventory() *Inventory {
 func (x *Hello) GetLastPlanSequence() uint64 {
 	if x != nil {
 		return x.LastPlanSequence
+	}
+	return 0
+}
+
+func (x *Hello) GetTrustRootVersion() uint32 {
+	if x != nil {
+		return x.TrustRootVersion
 	}
 	return 0
 }
@@ -910,10 +921,16 @@ type PlanStatus struct {
 	// Tenant the plan belongs to; when set it must equal the agent's own.
 	Tenant   string `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Sequence uint64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	// State of the plan, e.g. "accepted", "refused", "running", "succeeded", "failed".
-	State         string        `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
-	Message       string        `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
-	Steps         []*StepStatus `protobuf:"bytes,6,rep,name=steps,proto3" json:"steps,omitempty"`
+	// State of the plan: "accepted", "refused", "running", "succeeded" or
+	// "failed".
+	State   string        `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Message string        `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	Steps   []*StepStatus `protobuf:"bytes,6,rep,name=steps,proto3" json:"steps,omitempty"`
+	// For a refused plan, the machine-readable reason, e.g. "SIGNATURE",
+	// "WRONG_TENANT", "REPLAY", "EXPIRED" (see agent/planrun).
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Whether the plan was a dry run (steps carry the providers' diffs).
+	DryRun        bool `protobuf:"varint,8,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -990,16 +1007,38 @@ func (x *PlanStatus) GetSteps() []*StepStatus {
 	return nil
 }
 
+func (x *PlanStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PlanStatus) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 // StepStatus reports the state of one plan step.
 type StepStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	StepId        string                 `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
-	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	StepId     string                 `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
+	State      string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Message    string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// How many times the agent started the step (more than 1 after a resume).
+	Attempts uint32 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// What the step changed, or in a dry run would change.
+	Changes []*StepChange `protobuf:"bytes,7,rep,name=changes,proto3" json:"changes,omitempty"`
+	// State of the step's compensation, if one ran: "running", "succeeded" or
+	// "failed".
+	CompensationState   string `protobuf:"bytes,8,opt,name=compensation_state,json=compensationState,proto3" json:"compensation_state,omitempty"`
+	CompensationMessage string `protobuf:"bytes,9,opt,name=compensation_message,json=compensationMessage,proto3" json:"compensation_message,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *StepStatus) Reset() {
@@ -1067,6 +1106,96 @@ func (x *StepStatus) GetFinishedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *StepStatus) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *StepStatus) GetChanges() []*StepChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+func (x *StepStatus) GetCompensationState() string {
+	if x != nil {
+		return x.CompensationState
+	}
+	return ""
+}
+
+func (x *StepStatus) GetCompensationMessage() string {
+	if x != nil {
+		return x.CompensationMessage
+	}
+	return ""
+}
+
+// StepChange is one change a step made or would make.
+type StepChange struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Resource string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	// "create", "update", "delete" or "noop".
+	Operation     string `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
+	Summary       string `protobuf:"bytes,3,opt,name=summary,proto3" json:"summary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StepChange) Reset() {
+	*x = StepChange{}
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StepChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StepChange) ProtoMessage() {}
+
+func (x *StepChange) ProtoReflect() protoreflect.Message {
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StepChange.ProtoReflect.Descriptor instead.
+func (*StepChange) Descriptor() ([]byte, []int) {
+	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StepChange) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *StepChange) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *StepChange) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
 // UsageBatch carries usage records under one agent-assigned sequence number.
 type UsageBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1079,7 +1208,7 @@ type UsageBatch struct {
 
 func (x *UsageBatch) Reset() {
 	*x = UsageBatch{}
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1220,7 @@ func (x *UsageBatch) String() string {
 func (*UsageBatch) ProtoMessage() {}
 
 func (x *UsageBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1233,7 @@ func (x *UsageBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageBatch.ProtoReflect.Descriptor instead.
 func (*UsageBatch) Descriptor() ([]byte, []int) {
-	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UsageBatch) GetSequence() uint64 {
@@ -1135,7 +1264,7 @@ type UsageRecord struct {
 
 func (x *UsageRecord) Reset() {
 	*x = UsageRecord{}
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1276,7 @@ func (x *UsageRecord) String() string {
 func (*UsageRecord) ProtoMessage() {}
 
 func (x *UsageRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1289,7 @@ func (x *UsageRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UsageRecord.ProtoReflect.Descriptor instead.
 func (*UsageRecord) Descriptor() ([]byte, []int) {
-	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UsageRecord) GetTenant() string {
@@ -1195,16 +1324,20 @@ func (x *UsageRecord) GetAt() *timestamppb.Timestamp {
 type Welcome struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identifier of this session, for logs and the audit trail.
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
-	ServerTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
-	Config        *AgentConfig           `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`
+	SessionId  string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	ServerTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=server_time,json=serverTime,proto3" json:"server_time,omitempty"`
+	Config     *AgentConfig           `protobuf:"bytes,3,opt,name=config,proto3" json:"config,omitempty"`
+	// Signed trust roots (DSSE envelopes, JSON) newer than the version the
+	// agent reported in Hello, oldest first: each is signed by its
+	// predecessor's root threshold and its own.
+	TrustRoots    [][]byte `protobuf:"bytes,4,rep,name=trust_roots,json=trustRoots,proto3" json:"trust_roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1349,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1362,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -1253,6 +1386,13 @@ func (x *Welcome) GetConfig() *AgentConfig {
 	return nil
 }
 
+func (x *Welcome) GetTrustRoots() [][]byte {
+	if x != nil {
+		return x.TrustRoots
+	}
+	return nil
+}
+
 // AgentConfig is configuration the control plane pushes to the agent.
 type AgentConfig struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1264,7 +1404,7 @@ type AgentConfig struct {
 
 func (x *AgentConfig) Reset() {
 	*x = AgentConfig{}
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1416,7 @@ func (x *AgentConfig) String() string {
 func (*AgentConfig) ProtoMessage() {}
 
 func (x *AgentConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1429,7 @@ func (x *AgentConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentConfig.ProtoReflect.Descriptor instead.
 func (*AgentConfig) Descriptor() ([]byte, []int) {
-	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AgentConfig) GetHeartbeatIntervalSeconds() uint32 {
@@ -1305,14 +1445,17 @@ type PlanOffer struct {
 	PlanId   string                 `protobuf:"bytes,1,opt,name=plan_id,json=planId,proto3" json:"plan_id,omitempty"`
 	Sequence uint64                 `protobuf:"varint,2,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// DSSE envelope (JSON) over the plan.
-	Envelope      []byte `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	Envelope []byte `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	// Trust roots newer than the one the agent has pinned, oldest first, to
+	// follow before verifying the envelope (a plan signed after a key rotation).
+	TrustRoots    [][]byte `protobuf:"bytes,4,rep,name=trust_roots,json=trustRoots,proto3" json:"trust_roots,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PlanOffer) Reset() {
 	*x = PlanOffer{}
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1467,7 @@ func (x *PlanOffer) String() string {
 func (*PlanOffer) ProtoMessage() {}
 
 func (x *PlanOffer) ProtoReflect() protoreflect.Message {
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1480,7 @@ func (x *PlanOffer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanOffer.ProtoReflect.Descriptor instead.
 func (*PlanOffer) Descriptor() ([]byte, []int) {
-	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PlanOffer) GetPlanId() string {
@@ -1361,6 +1504,13 @@ func (x *PlanOffer) GetEnvelope() []byte {
 	return nil
 }
 
+func (x *PlanOffer) GetTrustRoots() [][]byte {
+	if x != nil {
+		return x.TrustRoots
+	}
+	return nil
+}
+
 // Ack acknowledges an AgentMessage.
 type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1374,7 +1524,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1536,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_attache_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_attache_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1549,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_attache_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Ack) GetRef() uint64 {
@@ -1458,12 +1608,13 @@ const file_attache_agent_v1_agent_proto_rawDesc = "" +
 	"plan_offer\x18\v \x01(\v2\x1b.attache.agent.v1.PlanOfferH\x00R\tplanOffer\x12)\n" +
 	"\x03ack\x18\f \x01(\v2\x15.attache.agent.v1.AckH\x00R\x03ack\x127\n" +
 	"\x06config\x18\r \x01(\v2\x1d.attache.agent.v1.AgentConfigH\x00R\x06configB\x06\n" +
-	"\x04body\"\xc4\x01\n" +
+	"\x04body\"\xf2\x01\n" +
 	"\x05Hello\x12#\n" +
 	"\ragent_version\x18\x01 \x01(\tR\fagentVersion\x12-\n" +
 	"\x12capability_version\x18\x02 \x01(\rR\x11capabilityVersion\x129\n" +
 	"\tinventory\x18\x03 \x01(\v2\x1b.attache.agent.v1.InventoryR\tinventory\x12,\n" +
-	"\x12last_plan_sequence\x18\x04 \x01(\x04R\x10lastPlanSequence\"\x89\x01\n" +
+	"\x12last_plan_sequence\x18\x04 \x01(\x04R\x10lastPlanSequence\x12,\n" +
+	"\x12trust_root_version\x18\x05 \x01(\rR\x10trustRootVersion\"\x89\x01\n" +
 	"\tInventory\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
@@ -1481,7 +1632,7 @@ const file_attache_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fComponentHealth\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x126\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1e.attache.agent.v1.HealthStatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xbd\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xee\x01\n" +
 	"\n" +
 	"PlanStatus\x12\x17\n" +
 	"\aplan_id\x18\x01 \x01(\tR\x06planId\x12\x16\n" +
@@ -1489,7 +1640,9 @@ const file_attache_agent_v1_agent_proto_rawDesc = "" +
 	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x122\n" +
-	"\x05steps\x18\x06 \x03(\v2\x1c.attache.agent.v1.StepStatusR\x05steps\"\xcd\x01\n" +
+	"\x05steps\x18\x06 \x03(\v2\x1c.attache.agent.v1.StepStatusR\x05steps\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12\x17\n" +
+	"\adry_run\x18\b \x01(\bR\x06dryRun\"\x83\x03\n" +
 	"\n" +
 	"StepStatus\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12\x14\n" +
@@ -1498,7 +1651,16 @@ const file_attache_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
 	"\vfinished_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"finishedAt\"a\n" +
+	"finishedAt\x12\x1a\n" +
+	"\battempts\x18\x06 \x01(\rR\battempts\x126\n" +
+	"\achanges\x18\a \x03(\v2\x1c.attache.agent.v1.StepChangeR\achanges\x12-\n" +
+	"\x12compensation_state\x18\b \x01(\tR\x11compensationState\x121\n" +
+	"\x14compensation_message\x18\t \x01(\tR\x13compensationMessage\"`\n" +
+	"\n" +
+	"StepChange\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\x12\x1c\n" +
+	"\toperation\x18\x02 \x01(\tR\toperation\x12\x18\n" +
+	"\asummary\x18\x03 \x01(\tR\asummary\"a\n" +
 	"\n" +
 	"UsageBatch\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x127\n" +
@@ -1507,19 +1669,23 @@ const file_attache_agent_v1_agent_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x14\n" +
 	"\x05meter\x18\x02 \x01(\tR\x05meter\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\x01R\x05value\x12*\n" +
-	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\x9c\x01\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"\xbd\x01\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12;\n" +
 	"\vserver_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"serverTime\x125\n" +
-	"\x06config\x18\x03 \x01(\v2\x1d.attache.agent.v1.AgentConfigR\x06config\"K\n" +
+	"\x06config\x18\x03 \x01(\v2\x1d.attache.agent.v1.AgentConfigR\x06config\x12\x1f\n" +
+	"\vtrust_roots\x18\x04 \x03(\fR\n" +
+	"trustRoots\"K\n" +
 	"\vAgentConfig\x12<\n" +
-	"\x1aheartbeat_interval_seconds\x18\x01 \x01(\rR\x18heartbeatIntervalSeconds\"\\\n" +
+	"\x1aheartbeat_interval_seconds\x18\x01 \x01(\rR\x18heartbeatIntervalSeconds\"}\n" +
 	"\tPlanOffer\x12\x17\n" +
 	"\aplan_id\x18\x01 \x01(\tR\x06planId\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x1a\n" +
-	"\benvelope\x18\x03 \x01(\fR\benvelope\">\n" +
+	"\benvelope\x18\x03 \x01(\fR\benvelope\x12\x1f\n" +
+	"\vtrust_roots\x18\x04 \x03(\fR\n" +
+	"trustRoots\">\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12%\n" +
 	"\x0eusage_sequence\x18\x02 \x01(\x04R\rusageSequence*\x81\x01\n" +
@@ -1547,7 +1713,7 @@ func file_attache_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_attache_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_attache_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_attache_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_attache_agent_v1_agent_proto_goTypes = []any{
 	(HealthStatus)(0),             // 0: attache.agent.v1.HealthStatus
 	(*EnrollRequest)(nil),         // 1: attache.agent.v1.EnrollRequest
@@ -1563,46 +1729,48 @@ var file_attache_agent_v1_agent_proto_goTypes = []any{
 	(*ComponentHealth)(nil),       // 11: attache.agent.v1.ComponentHealth
 	(*PlanStatus)(nil),            // 12: attache.agent.v1.PlanStatus
 	(*StepStatus)(nil),            // 13: attache.agent.v1.StepStatus
-	(*UsageBatch)(nil),            // 14: attache.agent.v1.UsageBatch
-	(*UsageRecord)(nil),           // 15: attache.agent.v1.UsageRecord
-	(*Welcome)(nil),               // 16: attache.agent.v1.Welcome
-	(*AgentConfig)(nil),           // 17: attache.agent.v1.AgentConfig
-	(*PlanOffer)(nil),             // 18: attache.agent.v1.PlanOffer
-	(*Ack)(nil),                   // 19: attache.agent.v1.Ack
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*StepChange)(nil),            // 14: attache.agent.v1.StepChange
+	(*UsageBatch)(nil),            // 15: attache.agent.v1.UsageBatch
+	(*UsageRecord)(nil),           // 16: attache.agent.v1.UsageRecord
+	(*Welcome)(nil),               // 17: attache.agent.v1.Welcome
+	(*AgentConfig)(nil),           // 18: attache.agent.v1.AgentConfig
+	(*PlanOffer)(nil),             // 19: attache.agent.v1.PlanOffer
+	(*Ack)(nil),                   // 20: attache.agent.v1.Ack
+	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
 }
 var file_attache_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: attache.agent.v1.AgentMessage.hello:type_name -> attache.agent.v1.Hello
 	10, // 1: attache.agent.v1.AgentMessage.heartbeat:type_name -> attache.agent.v1.Heartbeat
 	12, // 2: attache.agent.v1.AgentMessage.plan_status:type_name -> attache.agent.v1.PlanStatus
-	14, // 3: attache.agent.v1.AgentMessage.usage_batch:type_name -> attache.agent.v1.UsageBatch
-	16, // 4: attache.agent.v1.ControlMessage.welcome:type_name -> attache.agent.v1.Welcome
-	18, // 5: attache.agent.v1.ControlMessage.plan_offer:type_name -> attache.agent.v1.PlanOffer
-	19, // 6: attache.agent.v1.ControlMessage.ack:type_name -> attache.agent.v1.Ack
-	17, // 7: attache.agent.v1.ControlMessage.config:type_name -> attache.agent.v1.AgentConfig
+	15, // 3: attache.agent.v1.AgentMessage.usage_batch:type_name -> attache.agent.v1.UsageBatch
+	17, // 4: attache.agent.v1.ControlMessage.welcome:type_name -> attache.agent.v1.Welcome
+	19, // 5: attache.agent.v1.ControlMessage.plan_offer:type_name -> attache.agent.v1.PlanOffer
+	20, // 6: attache.agent.v1.ControlMessage.ack:type_name -> attache.agent.v1.Ack
+	18, // 7: attache.agent.v1.ControlMessage.config:type_name -> attache.agent.v1.AgentConfig
 	8,  // 8: attache.agent.v1.Hello.inventory:type_name -> attache.agent.v1.Inventory
 	9,  // 9: attache.agent.v1.Inventory.providers:type_name -> attache.agent.v1.ProviderInfo
-	20, // 10: attache.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	21, // 10: attache.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
 	11, // 11: attache.agent.v1.Heartbeat.components:type_name -> attache.agent.v1.ComponentHealth
 	0,  // 12: attache.agent.v1.ComponentHealth.status:type_name -> attache.agent.v1.HealthStatus
 	13, // 13: attache.agent.v1.PlanStatus.steps:type_name -> attache.agent.v1.StepStatus
-	20, // 14: attache.agent.v1.StepStatus.started_at:type_name -> google.protobuf.Timestamp
-	20, // 15: attache.agent.v1.StepStatus.finished_at:type_name -> google.protobuf.Timestamp
-	15, // 16: attache.agent.v1.UsageBatch.records:type_name -> attache.agent.v1.UsageRecord
-	20, // 17: attache.agent.v1.UsageRecord.at:type_name -> google.protobuf.Timestamp
-	20, // 18: attache.agent.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	17, // 19: attache.agent.v1.Welcome.config:type_name -> attache.agent.v1.AgentConfig
-	1,  // 20: attache.agent.v1.EnrollmentService.Enroll:input_type -> attache.agent.v1.EnrollRequest
-	5,  // 21: attache.agent.v1.AgentService.Session:input_type -> attache.agent.v1.AgentMessage
-	3,  // 22: attache.agent.v1.AgentService.RenewSVID:input_type -> attache.agent.v1.RenewSVIDRequest
-	2,  // 23: attache.agent.v1.EnrollmentService.Enroll:output_type -> attache.agent.v1.EnrollResponse
-	6,  // 24: attache.agent.v1.AgentService.Session:output_type -> attache.agent.v1.ControlMessage
-	4,  // 25: attache.agent.v1.AgentService.RenewSVID:output_type -> attache.agent.v1.RenewSVIDResponse
-	23, // [23:26] is the sub-list for method output_type
-	20, // [20:23] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	21, // 14: attache.agent.v1.StepStatus.started_at:type_name -> google.protobuf.Timestamp
+	21, // 15: attache.agent.v1.StepStatus.finished_at:type_name -> google.protobuf.Timestamp
+	14, // 16: attache.agent.v1.StepStatus.changes:type_name -> attache.agent.v1.StepChange
+	16, // 17: attache.agent.v1.UsageBatch.records:type_name -> attache.agent.v1.UsageRecord
+	21, // 18: attache.agent.v1.UsageRecord.at:type_name -> google.protobuf.Timestamp
+	21, // 19: attache.agent.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	18, // 20: attache.agent.v1.Welcome.config:type_name -> attache.agent.v1.AgentConfig
+	1,  // 21: attache.agent.v1.EnrollmentService.Enroll:input_type -> attache.agent.v1.EnrollRequest
+	5,  // 22: attache.agent.v1.AgentService.Session:input_type -> attache.agent.v1.AgentMessage
+	3,  // 23: attache.agent.v1.AgentService.RenewSVID:input_type -> attache.agent.v1.RenewSVIDRequest
+	2,  // 24: attache.agent.v1.EnrollmentService.Enroll:output_type -> attache.agent.v1.EnrollResponse
+	6,  // 25: attache.agent.v1.AgentService.Session:output_type -> attache.agent.v1.ControlMessage
+	4,  // 26: attache.agent.v1.AgentService.RenewSVID:output_type -> attache.agent.v1.RenewSVIDResponse
+	24, // [24:27] is the sub-list for method output_type
+	21, // [21:24] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_attache_agent_v1_agent_proto_init() }
@@ -1628,7 +1796,7 @@ func file_attache_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_attache_agent_v1_agent_proto_rawDesc), len(file_attache_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
