@@ -16,6 +16,7 @@
 package svid
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/x509"
 	"encoding/json"
@@ -126,6 +127,25 @@ func (s *State) Leaf() *x509.Certificate {
 		return nil
 	}
 	return sv.Certificates[0]
+}
+
+// SaveTrustRoot replaces the pinned trust root with env: it writes
+// trust-root.json atomically with mode 0600 (when the state has a Dir), then
+// sets TrustRoot. The caller must have verified env as the rotation of the
+// current root (planverify.FollowRoot). Not safe for concurrent use with
+// other readers or writers of TrustRoot; the agent's plan runner is its
+// only user after startup.
+func (s *State) SaveTrustRoot(env []byte) error {
+	if len(env) == 0 {
+		return errors.New("save trust root: empty envelope")
+	}
+	if s.Dir != "" {
+		if err := securefile.Write(filepath.Join(s.Dir, TrustRootFile), env); err != nil {
+			return fmt.Errorf("save trust root: %w", err)
+		}
+	}
+	s.TrustRoot = bytes.Clone(env)
+	return nil
 }
 
 // save writes every file of the state; the metadata last, so a crash midway

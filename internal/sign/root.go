@@ -152,6 +152,22 @@ func marshalRoot(r *Root) ([]byte, error) {
 // passes. Use it only for a root whose envelope hash is pinned (join token)
 // or already trusted; otherwise use VerifyRootUpdate.
 func VerifyRoot(ctx context.Context, envelope []byte, now time.Time) (*Root, error) {
+	r, err := VerifyPinnedRoot(ctx, envelope)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkExpiry(r, now); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// VerifyPinnedRoot is VerifyRoot without the expiry check, for loading a
+// root the agent already pinned (verified at enrollment or reached by
+// VerifyRootUpdate): a pinned root that has since expired must still load,
+// so that a rotation can replace it. Whoever uses the root checks its expiry
+// (the agent refuses every plan under an expired root).
+func VerifyPinnedRoot(ctx context.Context, envelope []byte) (*Root, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -160,9 +176,6 @@ func VerifyRoot(ctx context.Context, envelope []byte, now time.Time) (*Root, err
 		return nil, err
 	}
 	if err := verifyRole(ctx, env, payload, r, RoleRoot, "trust root:"); err != nil {
-		return nil, err
-	}
-	if err := checkExpiry(r, now); err != nil {
 		return nil, err
 	}
 	return r, nil

@@ -315,6 +315,40 @@ func TestVerifyRoot(t *testing.T) {
 	}
 }
 
+func TestVerifyPinnedRoot(t *testing.T) {
+	ctx := context.Background()
+	ks := newKeyset(t, 2, 1, 1)
+	r := ks.build(1, 2, 1)
+	r.Expires = testNow.Add(-time.Hour) // long expired
+	good := mustSignRoot(t, r, ks.root...)
+	got, err := VerifyPinnedRoot(ctx, good)
+	if err != nil {
+		t.Fatalf("expired pinned root does not load: %v", err)
+	}
+	if got.Version != 1 || !got.Expires.Equal(r.Expires) {
+		t.Fatalf("VerifyPinnedRoot returned %+v", got)
+	}
+	if _, err := VerifyRoot(ctx, good, testNow); !errors.Is(err, ErrRootExpired) {
+		t.Fatalf("VerifyRoot of the expired root = %v, want ErrRootExpired", err)
+	}
+	// Everything but the expiry is still checked.
+	_, err = VerifyPinnedRoot(ctx, mustSignRoot(t, r, ks.root[0]))
+	wantErr(t, err, "trust root: root role needs 2 signatures from its keys, got 1")
+	_, err = VerifyPinnedRoot(ctx, editEnvelope(t, good, func(e *dsse.Envelope) {
+		p, _ := base64.StdEncoding.DecodeString(e.Payload)
+		p = bytes.Replace(p, []byte(`"version":1`), []byte(`"version":7`), 1)
+		e.Payload = base64.StdEncoding.EncodeToString(p)
+	}))
+	wantErr(t, err, "got 0")
+	_, err = VerifyPinnedRoot(ctx, signedPayload(t, RootPayloadType, []byte(`{"_type":"attache/root"}`), ks.root...))
+	wantErr(t, err, "no root role")
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := VerifyPinnedRoot(cancelled, good); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled context: %v", err)
+	}
+}
+
 func signedPayload(t testing.TB, typ string, payload []byte, ss ...*Signer) []byte {
 	t.Helper()
 	env, err := SignPayload(context.Background(), typ, payload, ss...)
