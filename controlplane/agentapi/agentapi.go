@@ -4,6 +4,12 @@
 // a message that names another tenant ends the session and is audited.
 // Revoked agents are refused and their live sessions are cut within seconds.
 //
+// Plans: after Welcome (which carries the trust roots newer than the agent's)
+// a session offers the agent's pending plans in sequence order, each once per
+// session, and offers new ones when nudged (NotifyPlans on this replica, a
+// store poll for plans created on others). A PlanStatus is stored and only
+// then acknowledged, so the agent re-sends whatever the store did not take.
+//
 // Only controlplane packages import agentapi.
 package agentapi
 
@@ -42,8 +48,15 @@ type Config struct {
 	RevocationPoll time.Duration
 	// HelloTimeout bounds how long a new session may wait before Hello.
 	HelloTimeout time.Duration
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// TrustRoots returns the signed trust-root envelopes of the versions
+	// after after+1 … newest, oldest first (consecutive versions), sent in
+	// Welcome and plan offers. Nil: none are sent.
+	TrustRoots func(after uint32) [][]byte
+	// Envelope returns the envelope to offer for a pending plan (the plans
+	// service re-signs one whose key was rotated away). Nil: p.Envelope.
+	Envelope func(ctx context.Context, p store.Plan) ([]byte, error)
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // Service implements agentv1.AgentServiceServer. Run must be running for
@@ -78,11 +91,12 @@ func New(cfg Config) *Service {
 	}
 }
 
-// Run flushes heartbeats and watches for revocations until ctx ends.
+// Run flushes heartbeats and watches for revocations and new plans until ctx
+// ends.
 func (s *Service) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.beats.Run(ctx) }()
-	s.watchRevocations(ctx)
+	s.watch(ctx)
 	return <-errc
 }
 
@@ -184,38 +198,72 @@ func (s *Service) Session(stream agentv1.AgentService_SessionServer) error {
 		AgentKey: key, SessionID: sessionID, Connected: true, At: now,
 		Version: hello.GetAgentVersion(), CapabilityVersion: hello.GetCapabilityVersion(), Inventory: inv,
 	})
-	s.sessions.add(key, sessionID, cancel)
+	nudge := make(chan struct{}, 1)
+	s.sessions.add(key, sessionID, cancel, nudge)
 	defer func() {
 		s.sessions.remove(key, sessionID)
 		s.beats.session(store.SessionUpdate{AgentKey: key, SessionID: sessionID, Connected: false, At: s.cfg.Now()})
 	}()
 	log.Info("session opened", "session", sessionID, "version", hello.GetAgentVersion(), "capability", hello.GetCapabilityVersion())
 
+	plans := &offerer{key: key, rootVersion: hello.GetTrustRootVersion(), offered: make(map[string]bool)}
 	if err := stream.Send(&agentv1.ControlMessage{Body: &agentv1.ControlMessage_Welcome{Welcome: &agentv1.Welcome{
 		SessionId:  sessionID,
 		ServerTime: timestamppb.New(now),
 		Config:     &agentv1.AgentConfig{HeartbeatIntervalSeconds: uint32(s.cfg.HeartbeatInterval / time.Second)},
+		TrustRoots: plans.sendRoots(s),
 	}}}); err != nil {
 		return err
 	}
 
+	// retry is set while a store or envelope error keeps pending plans
+	// from being offered.
+	var retry <-chan time.Time
+	offer := func() error {
+		done, err := s.offerPending(sctx, stream, plans, log)
+		retry = nil
+		if !done && err == nil && sctx.Err() == nil {
+			retry = time.After(offerRetry)
+		}
+		return err
+	}
+	if err := offer(); err != nil {
+		return s.sessionEnd(sctx, id, err)
+	}
 	for {
+		var err error
 		select {
 		case <-sctx.Done():
 			if errors.Is(context.Cause(sctx), errRevoked) {
 				log.Info("session closed: agent revoked", "session", sessionID)
-				return grpcx.Error(codes.PermissionDenied, grpcx.ReasonAgentRevoked, fmt.Sprintf("agent %s was revoked", id))
 			}
-			return status.FromContextError(sctx.Err()).Err()
+			return s.sessionEnd(sctx, id, nil)
 		case err := <-recvErr:
 			log.Info("session closed", "session", sessionID, "reason", err)
 			return nil
 		case m := <-in:
-			if err := s.handle(sctx, stream, id, key, m); err != nil {
-				return err
-			}
+			err = s.handle(sctx, stream, id, key, m)
+		case <-nudge:
+			err = offer()
+		case <-retry:
+			err = offer()
+		}
+		if err != nil {
+			return s.sessionEnd(sctx, id, err)
 		}
 	}
+}
+
+// sessionEnd is the status a session ends with: why its context ended, if
+// it did (revocation, replacement, the client going away), else err.
+func (s *Service) sessionEnd(sctx context.Context, id spiffeid.ID, err error) error {
+	if sctx.Err() == nil {
+		return err
+	}
+	if errors.Is(context.Cause(sctx), errRevoked) {
+		return grpcx.Error(codes.PermissionDenied, grpcx.ReasonAgentRevoked, fmt.Sprintf("agent %s was revoked", id))
+	}
+	return status.FromContextError(sctx.Err()).Err()
 }
 
 // awaitHello waits for the first message, which must be a Hello, for at
@@ -256,8 +304,7 @@ func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_Sessio
 		if t := foreignTenant(m, key.Tenant); t != "" {
 			return s.crossTenant(ctx, id, key, t, "plan_status")
 		}
-		// Plan execution reports are stored by the plans service (signed-plans issue).
-		return stream.Send(&agentv1.ControlMessage{Body: &agentv1.ControlMessage_Ack{Ack: &agentv1.Ack{Ref: m.GetId()}}})
+		return s.planStatus(ctx, stream, id, key, m)
 	case *agentv1.AgentMessage_UsageBatch:
 		if t := foreignTenant(m, key.Tenant); t != "" {
 			return s.crossTenant(ctx, id, key, t, "usage_batch")
@@ -303,22 +350,31 @@ func (s *Service) crossTenant(ctx context.Context, id spiffeid.ID, key store.Age
 }
 
 func (s *Service) audit(ctx context.Context, id spiffeid.ID, tenant, action, outcome string, detail map[string]string) {
-	src := ""
-	if p, ok := peer.FromContext(ctx); ok {
-		src = p.Addr.String()
-	}
-	d, _ := json.Marshal(detail)
-	if _, err := s.cfg.Store.AppendAudit(context.WithoutCancel(ctx), auditlog.Entry{
-		Time: s.cfg.Now(), Actor: id.String(), Role: "agent", Action: action, Tenant: tenant,
-		Target: id.String(), Outcome: outcome, Source: src, Detail: d,
-	}); err != nil {
+	if _, err := s.cfg.Store.AppendAudit(context.WithoutCancel(ctx), s.auditEntry(ctx, id, tenant, action, id.String(), outcome, detail)); err != nil {
 		s.cfg.Logger.Error("append audit", "action", action, "err", err)
 	}
 }
 
-// watchRevocations polls the store for revocations (so it works across
-// replicas sharing one database) and cuts the matching local sessions.
-func (s *Service) watchRevocations(ctx context.Context) {
+// auditEntry is an audit entry for an action of agent id.
+func (s *Service) auditEntry(ctx context.Context, id spiffeid.ID, tenant, action, target, outcome string, detail map[string]string) auditlog.Entry {
+	src := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		src = p.Addr.String()
+	}
+	var d json.RawMessage
+	if detail != nil {
+		d, _ = json.Marshal(detail)
+	}
+	return auditlog.Entry{
+		Time: s.cfg.Now(), Actor: id.String(), Role: "agent", Action: action, Tenant: tenant,
+		Target: target, Outcome: outcome, Source: src, Detail: d,
+	}
+}
+
+// watch polls the store (so it works across replicas sharing one database)
+// for revocations, cutting the matching local sessions, and for new plans,
+// nudging the matching local sessions to offer them.
+func (s *Service) watch(ctx context.Context) {
 	since := s.cfg.Now().Add(-time.Minute)
 	t := time.NewTicker(s.cfg.RevocationPoll)
 	defer t.Stop()
@@ -339,7 +395,17 @@ func (s *Service) watchRevocations(ctx context.Context) {
 				s.cfg.Logger.Info("cutting session of revoked agent", "tenant", k.Tenant, "agent", k.ID)
 			}
 		}
-		// Overlap windows so a revocation committed during a poll is seen.
+		// A session that has offered a plan already ignores the nudge.
+		keys, err = s.cfg.Store.PlansCreatedSince(ctx, since)
+		if err != nil {
+			s.cfg.Logger.Warn("poll new plans", "err", err)
+			continue
+		}
+		for _, k := range keys {
+			s.sessions.nudge(k)
+		}
+		// Overlap windows so a revocation or plan committed during a poll
+		// (or stamped by a replica whose clock is a little behind) is seen.
 		since = now.Add(-5 * time.Second)
 	}
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -203,10 +204,31 @@ func (s *sqlStore) queryPlans(ctx context.Context, query string, args ...any) ([
 	return out, rows.Err()
 }
 
+// stateRank orders the states an agent reports: a report ranking below the
+// plan's current state is stale (say, "accepted" relayed by an older session
+// after "running" was stored) and changes nothing.
+func stateRank(s PlanState) int {
+	switch s {
+	case PlanPending:
+		return 0
+	case PlanAccepted:
+		return 1
+	case PlanRunning:
+		return 2
+	default: // terminal
+		return 3
+	}
+}
+
 // UpdatePlan applies an agent's status report. The plan must belong to the
 // agent k (a report about another agent's or tenant's plan is ErrNotFound);
-// a plan in a terminal state is not changed again. Any report acknowledges
-// the plan. The audit entry, if given, is appended in the same transaction.
+// a plan in a terminal state is not changed again, and a report that would
+// move the plan back (running → accepted) is ignored. Any report
+// acknowledges the plan. A report identical to what is stored writes
+// nothing. The audit entry, if given, is appended in the same transaction,
+// and only when the report changes the plan's state: progress reports
+// (running → running with new step states) and re-sent reports are not
+// audited again.
 func (s *sqlStore) UpdatePlan(ctx context.Context, k AgentKey, id string, u PlanUpdate, audit *auditlog.Entry) (Plan, error) {
 	if !u.State.Valid() || u.State == PlanPending {
 		return Plan{}, fmt.Errorf("plan %q: state %q is not a report an agent can make", id, u.State)
@@ -224,7 +246,12 @@ func (s *sqlStore) UpdatePlan(ctx context.Context, k AgentKey, id string, u Plan
 		if err != nil {
 			return fmt.Errorf("store: update plan %q: %w", id, err)
 		}
-		if cur.State.Terminal() {
+		steps := cur.Steps
+		if u.Steps != nil {
+			steps = u.Steps
+		}
+		if cur.State.Terminal() || stateRank(u.State) < stateRank(cur.State) ||
+			(u.State == cur.State && u.Message == cur.Message && bytes.Equal(steps, cur.Steps)) {
 			out = cur
 			return nil
 		}
@@ -232,16 +259,12 @@ func (s *sqlStore) UpdatePlan(ctx context.Context, k AgentKey, id string, u Plan
 		if u.State.Terminal() {
 			finished = s.d.ts(u.At)
 		}
-		steps := cur.Steps
-		if u.Steps != nil {
-			steps = u.Steps
-		}
 		if _, err := tx.ExecContext(ctx, s.q(`UPDATE plans SET state = ?, message = ?, steps = ?, updated_at = ?,
 			acked_at = COALESCE(acked_at, ?), finished_at = ? WHERE id = ?`),
 			string(u.State), u.Message, blob(steps), s.d.ts(u.At), s.d.ts(u.At), finished, id); err != nil {
 			return fmt.Errorf("store: update plan %q: %w", id, err)
 		}
-		if audit != nil {
+		if audit != nil && u.State != cur.State {
 			if _, err := s.appendAudit(ctx, tx, *audit); err != nil {
 				return err
 			}
@@ -250,4 +273,63 @@ func (s *sqlStore) UpdatePlan(ctx context.Context, k AgentKey, id string, u Plan
 		return err
 	})
 	return out, err
+}
+
+// PlansCreatedSince lists, once each, the agents that have a plan created
+// at or after t that they have not acknowledged yet (the zero t: any time),
+// for the session watcher that tells sessions on other replicas about new
+// plans. Expired plans are included; PendingPlans filters them.
+func (s *sqlStore) PlansCreatedSince(ctx context.Context, t time.Time) ([]AgentKey, error) {
+	query, args := `SELECT DISTINCT tenant, agent_id FROM plans WHERE acked_at IS NULL`, []any(nil)
+	if !t.IsZero() {
+		query += ` AND created_at >= ?`
+		args = append(args, s.d.ts(t))
+	}
+	rows, err := s.rdb.QueryContext(ctx, s.q(query+` ORDER BY tenant, agent_id`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: agents with new plans: %w", err)
+	}
+	defer rows.Close()
+	var ks []AgentKey
+	for rows.Next() {
+		var k AgentKey
+		if err := rows.Scan(&k.Tenant, &k.ID); err != nil {
+			return nil, fmt.Errorf("store: agents with new plans: %w", err)
+		}
+		ks = append(ks, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: agents with new plans: %w", err)
+	}
+	return ks, nil
+}
+
+// UpdatePlanEnvelope replaces the signed envelope of a plan its agent has
+// not acknowledged yet (the plans service re-signs a pending plan whose
+// signing key was rotated away) and appends the audit entry, in one
+// transaction. ErrNotFound for an unknown plan; ErrPlanAcknowledged once the
+// agent accepted or refused it: what it verified is kept.
+func (s *sqlStore) UpdatePlanEnvelope(ctx context.Context, id string, env []byte, audit auditlog.Entry) error {
+	if len(env) == 0 {
+		return fmt.Errorf("plan %q: empty envelope", id)
+	}
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		var acked *time.Time
+		err := tx.QueryRowContext(ctx, s.q(`SELECT acked_at FROM plans WHERE id = ?`+s.d.forUpdate), id).Scan(nullTimeCol{&acked})
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("plan %q: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("store: update plan envelope %q: %w", id, err)
+		}
+		if acked != nil {
+			return fmt.Errorf("plan %q (acknowledged at %s): %w", id, acked.Format(time.RFC3339), ErrPlanAcknowledged)
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE plans SET envelope = ?, updated_at = ? WHERE id = ?`),
+			env, s.d.ts(s.timeNow()), id); err != nil {
+			return fmt.Errorf("store: update plan envelope %q: %w", id, err)
+		}
+		_, err = s.appendAudit(ctx, tx, audit)
+		return err
+	})
 }

@@ -23,6 +23,8 @@ var (
 	ErrTokenUsed     = errors.New("join token already used")
 	ErrTokenExpired  = errors.New("join token expired")
 	ErrRevoked       = errors.New("agent revoked")
+	// ErrPlanAcknowledged: the plan's agent already accepted or refused it.
+	ErrPlanAcknowledged = errors.New("plan already acknowledged by its agent")
 )
 
 // Role is an API token's role.
@@ -176,8 +178,20 @@ type Store interface {
 	// sequence order.
 	PendingPlans(ctx context.Context, k AgentKey, now time.Time) ([]Plan, error)
 	// UpdatePlan applies a status report from agent k about one of its own
-	// plans (ErrNotFound for any other plan); terminal states stick.
+	// plans (ErrNotFound for any other plan); terminal states stick and a
+	// stale report (ranking below the current state) changes nothing. The
+	// audit entry is appended, in the same transaction, only when the
+	// report changes the plan's state, so re-sent and progress reports are
+	// not audited again.
 	UpdatePlan(ctx context.Context, k AgentKey, id string, u PlanUpdate, audit *auditlog.Entry) (Plan, error)
+	// PlansCreatedSince lists, once each, the agents with a plan created at
+	// or after t (zero: any time) that they have not acknowledged, for the
+	// session watcher to nudge sessions on every replica.
+	PlansCreatedSince(ctx context.Context, t time.Time) ([]AgentKey, error)
+	// UpdatePlanEnvelope replaces the envelope of a plan its agent has not
+	// acknowledged and appends the audit entry, atomically: ErrNotFound for
+	// an unknown plan, ErrPlanAcknowledged for an acknowledged one.
+	UpdatePlanEnvelope(ctx context.Context, id string, env []byte, audit auditlog.Entry) error
 
 	// AppendAudit appends one entry to the hash chain and returns the record.
 	AppendAudit(ctx context.Context, e auditlog.Entry) (auditlog.Record, error)

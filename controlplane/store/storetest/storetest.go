@@ -45,6 +45,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"AuditConcurrentAppends", testAuditConcurrent},
 		{"Plans", testPlans},
 		{"PlanSequenceRace", testPlanSequenceRace},
+		{"PlanReports", testPlanReports},
+		{"PlansCreatedSince", testPlansCreatedSince},
+		{"UpdatePlanEnvelope", testUpdatePlanEnvelope},
 		{"AuditTamper", func(t *testing.T, _ store.Store) { testAuditTamper(t, open) }},
 	}
 	for _, tt := range tests {
