@@ -1,7 +1,7 @@
 // Command sampleapp is the tiny vendor app the demo and the local provider's
 // app.upgrade tests run: an HTTP server that reports its version on / and
 // /healthz. -unhealthy makes /healthz answer 503, to exercise a rolled-back
-// upgrade. It stops cleanly on SIGTERM or SIGINT.
+// upgrade; -start-delay makes it slow to start. It stops cleanly on SIGTERM or SIGINT.
 //
 //	sampleapp -version v2 -addr 127.0.0.1:18082
 package main
@@ -24,9 +24,15 @@ func main() {
 	version := flag.String("version", "v1", "version this instance reports")
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
 	unhealthy := flag.Bool("unhealthy", false, "answer /healthz with 503")
+	startDelay := flag.Duration("start-delay", 0, "wait this long before listening (a slow start, for tests that act mid-upgrade)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	select {
+	case <-time.After(*startDelay):
+	case <-ctx.Done():
+		return
+	}
 	if err := run(ctx, *addr, *version, *unhealthy); err != nil {
 		log.Fatal(err)
 	}

@@ -21,6 +21,7 @@ package local
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -28,6 +29,7 @@ import (
 	"regexp"
 	"sort"
 	"sync"
+	"time"
 
 	providerv1 "attache.dev/attache/protocol/gen/attache/provider/v1"
 	"attache.dev/attache/providers/sdk"
@@ -212,7 +214,50 @@ func (p *Provider) Apply(ctx context.Context, step *providerv1.Step, progress sd
 	}
 	defer p.lockTenant(step.GetTenant())()
 	p.log.Info("apply", "step", step.GetId(), "action", step.GetAction(), "tenant", step.GetTenant(), "plan", step.GetPlanId(), "attempt", step.GetAttempt())
+	if err := recordApply(e, step, time.Now()); err != nil {
+		return nil, err
+	}
 	return a.apply(ctx, e, step, progress)
+}
+
+// ApplyLogFile is the provider's record of every Apply it started, one JSON
+// object per line (ApplyLogEntry), relative to the root. Operators read it
+// to see what ran when; tests read it to prove a step was not run twice.
+const ApplyLogFile = "apply.log"
+
+// ApplyLogEntry is one line of ApplyLogFile.
+type ApplyLogEntry struct {
+	Time    time.Time `json:"time"`
+	Tenant  string    `json:"tenant"`
+	Plan    string    `json:"plan"`
+	Step    string    `json:"step"`
+	Action  string    `json:"action"`
+	Attempt uint32    `json:"attempt"`
+}
+
+// recordApply appends step to the apply log before the action starts.
+func recordApply(e *env, step *providerv1.Step, now time.Time) error {
+	line, err := json.Marshal(ApplyLogEntry{
+		Time: now.UTC(), Tenant: step.GetTenant(), Plan: step.GetPlanId(), Step: step.GetId(),
+		Action: step.GetAction(), Attempt: step.GetAttempt(),
+	})
+	if err != nil {
+		return err
+	}
+	f, err := e.root.OpenFile(ApplyLogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("record apply: %w", err)
+	}
+	// One write of a short line with O_APPEND: lines of concurrent applies
+	// (different tenants) do not interleave.
+	_, err = f.Write(append(line, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("record apply: %w", err)
+	}
+	return nil
 }
 
 // succeeded builds a SUCCEEDED result.

@@ -331,3 +331,26 @@ func TestUsage(t *testing.T) {
 		t.Fatalf("usage: %v %v", u, err)
 	}
 }
+
+func TestApplyLogRecordsEveryApply(t *testing.T) {
+	p, root := newLocal(t, t.TempDir())
+	step := localtest.Step("files", "tenant.provision", "acme", nil)
+	step.PlanId = "plan-1"
+	apply(t, p, step)
+	step.Attempt = 2
+	apply(t, p, step)
+	if _, err := p.Plan(t.Context(), step); err != nil {
+		t.Fatal(err)
+	}
+	log := localtest.ApplyLog(t, root)
+	if got := localtest.Applies(log, "plan-1", "files"); got != 2 {
+		t.Fatalf("applies = %d, want 2 (Plan must not be logged): %+v", got, log)
+	}
+	if log[1].Attempt != 2 || log[1].Tenant != "acme" || log[1].Action != "tenant.provision" {
+		t.Fatalf("second entry %+v", log[1])
+	}
+	fi, err := os.Stat(filepath.Join(root, local.ApplyLogFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("apply log mode: %v %v", fi, err)
+	}
+}

@@ -7,6 +7,8 @@ package localtest
 
 import (
 	"crypto/sha256"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -217,4 +219,49 @@ func Cases(t testing.TB) []providertest.Case {
 			},
 		},
 	}
+}
+
+// ApplyLog reads the provider's apply log under root (see
+// local.ApplyLogFile): every Apply the provider started, in order. A missing
+// log is empty.
+func ApplyLog(t testing.TB, root string) []ApplyLogEntry {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "apply.log"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []ApplyLogEntry
+	for line := range strings.Lines(string(b)) {
+		var e ApplyLogEntry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("apply log line %q: %v", line, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// ApplyLogEntry mirrors local.ApplyLogEntry (localtest cannot import the
+// provider package's internals without a cycle in its tests).
+type ApplyLogEntry struct {
+	Time    time.Time `json:"time"`
+	Tenant  string    `json:"tenant"`
+	Plan    string    `json:"plan"`
+	Step    string    `json:"step"`
+	Action  string    `json:"action"`
+	Attempt uint32    `json:"attempt"`
+}
+
+// Applies counts the log's entries for plan and step.
+func Applies(log []ApplyLogEntry, plan, step string) int {
+	n := 0
+	for _, e := range log {
+		if e.Plan == plan && e.Step == step {
+			n++
+		}
+	}
+	return n
 }
