@@ -44,7 +44,7 @@ CMD_DIRS = $(patsubst %/,%,$(sort $(dir $(wildcard \
 # Packages run under the race detector (the rest run without it: -race roughly
 # doubles build and run time on 2 cores). Concurrency-heavy packages belong
 # here; patterns that match nothing yet are dropped.
-RACE_PKGS ?= ./agent/session/... ./agent/spool/... ./agent/exec/... ./agent/catalog/... \
+RACE_PKGS ?= ./agent/session/... ./agent/spool/... ./agent/executor/... ./agent/planrun/... ./agent/journal/... ./agent/catalog/... \
 	./controlplane/agentapi/... ./controlplane/rollout/... ./controlplane/usage/... \
 	./controlplane/server/... ./controlplane/audit/...
 TEST_TIMEOUT ?= 20m

@@ -11,16 +11,24 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"attache.dev/attache/agent/catalog"
+	"attache.dev/attache/agent/executor"
+	"attache.dev/attache/agent/journal"
+	"attache.dev/attache/agent/planrun"
 	"attache.dev/attache/agent/session"
 	"attache.dev/attache/agent/svid"
+	"attache.dev/attache/internal/identity"
 	"attache.dev/attache/internal/logging"
 	"attache.dev/attache/internal/version"
 	agentv1 "attache.dev/attache/protocol/gen/attache/agent/v1"
+	providerv1 "attache.dev/attache/protocol/gen/attache/provider/v1"
 )
 
 // NewRootCommand returns the attache-agent command tree.
@@ -34,14 +42,14 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newRunCommand(stderr), newStatusCommand(stdout))
+	root.AddCommand(newRunCommand(stderr), newStatusCommand(stdout), newProviderCommand(stdout))
 	return root
 }
 
 func newRunCommand(stderr io.Writer) *cobra.Command {
 	var (
-		stateDir, token, tokenFile, logLevel, logFormat string
-		backoffMax                                      time.Duration
+		stateDir, token, tokenFile, logLevel, logFormat, configPath string
+		backoffMax                                                  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -58,7 +66,17 @@ needed again.
 The agent then dials the control plane (outbound only), keeps one mTLS session
 open, sends heartbeats, renews its SVID before half its lifetime, and
 reconnects with jittered exponential backoff when the connection drops.
-It exits with status 3 if the control plane revoked it.`,
+It exits with status 3 if the control plane revoked it.
+
+Plans: the agent verifies every plan the control plane offers against the
+trust root it pinned at enrollment (signature by the plans key, its own tenant
+and agent ID, a sequence newer than the last accepted, not expired), journals
+it in --state-dir/journal.db, and applies its steps one plan at a time through
+the provider plugins listed in --config, each pinned by SHA-256 (see
+"attache-agent provider pin"). A refused plan is reported with its reason. After
+a crash the agent resumes the interrupted plan and never repeats a step that
+succeeded. Without --config the agent has no providers, and plans that need
+one fail.`,
 		Example: `  attache-agent run --state-dir /var/lib/attache-agent --token "$(cat join-token)"
   ATTACHE_JOIN_TOKEN=attache-join-v1.… attache-agent run --state-dir ./agent`,
 		Args: cobra.NoArgs,
@@ -77,11 +95,20 @@ It exits with status 3 if the control plane revoked it.`,
 			if token == "" {
 				token = os.Getenv("ATTACHE_JOIN_TOKEN")
 			}
-			return run(cmd.Context(), logger, stateDir, token, backoffMax)
+			var cfg *Config
+			if configPath != "" {
+				if cfg, err = LoadConfig(configPath); err != nil {
+					return err
+				}
+			} else {
+				cfg = &Config{}
+			}
+			return run(cmd.Context(), logger, stateDir, token, backoffMax, cfg)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&stateDir, "state-dir", "", "directory for the agent's key, SVID, trust bundle and trust root (required)")
+	f.StringVar(&configPath, "config", "", "agent config file (YAML): the provider plugins, pinned by sha256, and their configuration")
 	f.StringVar(&token, "token", "", "one-time join token (only needed for the first run)")
 	f.StringVar(&tokenFile, "token-file", "", "file holding the join token")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -103,7 +130,7 @@ type ExitError struct {
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
-func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backoffMax time.Duration) error {
+func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backoffMax time.Duration, cfg *Config) error {
 	st, err := svid.Load(stateDir)
 	switch {
 	case errors.Is(err, svid.ErrNotEnrolled):
@@ -126,22 +153,79 @@ func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backo
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+
+	jr, err := journal.Open(filepath.Join(stateDir, JournalFile), journal.Options{})
+	if err != nil {
+		return err
+	}
+	defer jr.Close()
+	tenant, agentID, err := identity.ParseAgentID(st.TrustDomain(), st.ID)
+	if err != nil {
+		return err
+	}
+	cat, err := catalog.Load(ctx, cfg.Providers, catalog.Options{
+		Logger: logger.With("component", "providers"),
+		Tenant: &providerv1.TenantContext{Tenant: tenant, AgentId: agentID, TrustDomain: st.TrustDomain().Name()},
+	})
+	if err != nil {
+		return err
+	}
+	defer cat.Close()
+	inventory := providerInventory(ctx, cat, cfg.Providers, logger)
+	runner, err := planrun.New(planrun.Config{
+		Journal: jr,
+		Executor: executor.New(executor.Config{
+			Journal: jr, Providers: cat, Logger: logger.With("component", "executor"),
+		}),
+		State:  st,
+		Logger: logger.With("component", "plans"),
+	})
+	if err != nil {
+		return err
+	}
+
+	var wg sync.WaitGroup
 	renewDone := make(chan error, 1)
 	go func() { renewDone <- st.RunRenewer(ctx, logger.With("component", "svid")) }()
+	wg.Go(func() { _ = cat.Run(ctx) })
+	wg.Go(func() { _ = runner.Run(ctx) })
 
 	client := session.New(session.Config{
 		State:      st,
 		Logger:     logger.With("component", "session"),
 		BackoffMax: backoffMax,
 		Health:     func() []*agentv1.ComponentHealth { return health(st) },
+		Plans:      runner,
+		Providers:  inventory,
 	})
 	err = client.Run(ctx)
 	cancel()
 	<-renewDone
+	wg.Wait()
 	if errors.Is(err, session.ErrRevoked) {
 		return &ExitError{Code: ExitRevoked, Err: err}
 	}
 	return err
+}
+
+// JournalFile is the plan journal inside the state directory.
+const JournalFile = "journal.db"
+
+// providerInventory describes the configured providers for Hello.
+func providerInventory(ctx context.Context, cat *catalog.Catalog, entries []catalog.Entry, logger *slog.Logger) []*agentv1.ProviderInfo {
+	out := make([]*agentv1.ProviderInfo, 0, len(entries))
+	for _, e := range entries {
+		info := &agentv1.ProviderInfo{Name: e.Name, Sha256: e.SHA256}
+		if p, err := cat.Provider(e.Name); err == nil {
+			if d, err := p.Describe(ctx); err == nil {
+				info.Version = d.GetVersion()
+			} else {
+				logger.Warn("describe provider", "provider", e.Name, "err", err)
+			}
+		}
+		out = append(out, info)
+	}
+	return out
 }
 
 // health reports the agent's own components.

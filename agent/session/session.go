@@ -38,8 +38,39 @@ type Config struct {
 	BackoffBase, BackoffMax time.Duration
 	// StableAfter resets the backoff once a session has lasted this long.
 	StableAfter time.Duration
+	// Providers is the provider inventory announced in Hello.
+	Providers []*agentv1.ProviderInfo
 	// Health reports component health for heartbeats; may be nil.
 	Health func() []*agentv1.ComponentHealth
+	// Plans receives plan offers and supplies plan status reports; nil
+	// means the agent refuses every plan (it has no plan runner).
+	Plans Plans
+}
+
+// Plans is what the session needs from the agent's plan runner
+// (agent/planrun.Runner implements it).
+type Plans interface {
+	// HelloState is what Hello reports: the last accepted plan sequence and
+	// the version of the pinned trust root.
+	HelloState() (lastSequence uint64, trustRootVersion uint32)
+	// FollowRoots follows trust roots newer than the pinned one.
+	FollowRoots(ctx context.Context, roots [][]byte) error
+	// Offer verifies and journals, or refuses, one offered plan. It must
+	// not block on the plan's execution.
+	Offer(ctx context.Context, o *agentv1.PlanOffer)
+	// Changed is signalled when a plan's journaled state changed.
+	Changed() <-chan struct{}
+	// Unreported returns the latest status of every plan whose latest
+	// state the control plane has not acknowledged.
+	Unreported() []Report
+	// Acked records that the control plane stored the report of version.
+	Acked(planID string, version uint64)
+}
+
+// Report is the status of one plan at one journal version.
+type Report struct {
+	Status  *agentv1.PlanStatus
+	Version uint64
 }
 
 // Client keeps a session open.
@@ -105,11 +136,15 @@ func (c *Client) runOnce(ctx context.Context) error {
 		return classify(err)
 	}
 	hostname, _ := os.Hostname()
-	if err := stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: &agentv1.Hello{
+	hello := &agentv1.Hello{
 		AgentVersion:      version.Version,
 		CapabilityVersion: version.CapabilityVersion,
-		Inventory:         &agentv1.Inventory{Hostname: hostname, Os: runtime.GOOS, Arch: runtime.GOARCH},
-	}}}); err != nil {
+		Inventory:         &agentv1.Inventory{Hostname: hostname, Os: runtime.GOOS, Arch: runtime.GOARCH, Providers: c.cfg.Providers},
+	}
+	if c.cfg.Plans != nil {
+		hello.LastPlanSequence, hello.TrustRootVersion = c.cfg.Plans.HelloState()
+	}
+	if err := stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: hello}}); err != nil {
 		return classify(streamErr(stream, err))
 	}
 	first, err := stream.Recv()
@@ -122,6 +157,13 @@ func (c *Client) runOnce(ctx context.Context) error {
 	}
 	interval := heartbeatInterval(defaultHeartbeat, welcome.GetConfig())
 	c.cfg.Logger.Info("session open", "session", welcome.GetSessionId(), "control_plane", st.Meta.ControlPlaneAddr, "heartbeat_interval", interval)
+	if roots := welcome.GetTrustRoots(); len(roots) > 0 && c.cfg.Plans != nil {
+		if err := c.cfg.Plans.FollowRoots(ctx, roots); err != nil {
+			// Refused and audited by the runner; plans signed under the
+			// refused root will be refused one by one.
+			c.cfg.Logger.Error("trust root rotation refused", "err", err)
+		}
+	}
 
 	// Sends happen only on this goroutine; the receiver hands messages over.
 	in := make(chan *agentv1.ControlMessage)
@@ -171,6 +213,40 @@ func (c *Client) runOnce(ctx context.Context) error {
 	if err := heartbeat(); err != nil {
 		return err
 	}
+	// Plan reports: the latest status of each plan whose latest version the
+	// control plane has not acknowledged. sent remembers what this session
+	// already sent (a version is sent once per session); inFlight maps a
+	// message id to the report it carried, until its Ack.
+	type sentReport struct {
+		plan    string
+		version uint64
+	}
+	sent := map[string]uint64{}
+	inFlight := map[uint64]sentReport{}
+	report := func() error {
+		if c.cfg.Plans == nil {
+			return nil
+		}
+		for _, r := range c.cfg.Plans.Unreported() {
+			id := r.Status.GetPlanId()
+			if sent[id] >= r.Version {
+				continue
+			}
+			if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: r.Status}}); err != nil {
+				return err
+			}
+			sent[id] = r.Version
+			inFlight[msgID] = sentReport{plan: id, version: r.Version}
+		}
+		return nil
+	}
+	if err := report(); err != nil {
+		return err
+	}
+	var changed <-chan struct{}
+	if c.cfg.Plans != nil {
+		changed = c.cfg.Plans.Changed()
+	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -183,6 +259,10 @@ func (c *Client) runOnce(ctx context.Context) error {
 			if err := heartbeat(); err != nil {
 				return err
 			}
+		case <-changed:
+			if err := report(); err != nil {
+				return err
+			}
 		case m := <-in:
 			switch b := m.GetBody().(type) {
 			case *agentv1.ControlMessage_Config:
@@ -191,13 +271,22 @@ func (c *Client) runOnce(ctx context.Context) error {
 					tick.Reset(interval)
 				}
 			case *agentv1.ControlMessage_Ack:
+				if r, ok := inFlight[b.Ack.GetRef()]; ok {
+					delete(inFlight, b.Ack.GetRef())
+					c.cfg.Plans.Acked(r.plan, r.version)
+				}
 			case *agentv1.ControlMessage_PlanOffer:
-				// Plans are verified and executed by the signed-plans work;
-				// this agent does not accept them yet and says so.
-				if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: &agentv1.PlanStatus{
-					PlanId: b.PlanOffer.GetPlanId(), Sequence: b.PlanOffer.GetSequence(),
-					State: "refused", Message: "this agent cannot execute plans yet",
-				}}}); err != nil {
+				if c.cfg.Plans == nil {
+					if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: &agentv1.PlanStatus{
+						PlanId: b.PlanOffer.GetPlanId(), Sequence: b.PlanOffer.GetSequence(),
+						State: "refused", Reason: "NO_RUNNER", Message: "this agent runs without a plan runner",
+					}}}); err != nil {
+						return err
+					}
+					continue
+				}
+				c.cfg.Plans.Offer(ctx, b.PlanOffer)
+				if err := report(); err != nil {
 					return err
 				}
 			default:

@@ -10,13 +10,19 @@ import (
 	"os/signal"
 	"syscall"
 
+	plugin "github.com/hashicorp/go-plugin"
+
 	"attache.dev/attache/agent/agentcli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := agentcli.NewRootCommand(os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
+	err := agentcli.NewRootCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	// Provider plugin processes must not outlive the agent, even on paths
+	// that skipped the catalog's Close (os.Exit runs no defers).
+	plugin.CleanupClients()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "attache-agent:", err)
 		var ee *agentcli.ExitError
 		if errors.As(err, &ee) {
