@@ -31,6 +31,10 @@ type (
 	AuditHead           = apiv1.AuditHead
 	APIToken            = apiv1.APIToken
 	NewAPIToken         = apiv1.NewAPIToken
+	SubmitPlanRequest   = apiv1.SubmitPlanRequest
+	Plan                = apiv1.Plan
+	PlanStep            = apiv1.PlanStep
+	StepChange          = apiv1.StepChange
 )
 
 // maxResponseBytes bounds what the client reads from one response.
@@ -181,6 +185,48 @@ func (c *Client) ListAPITokens(ctx context.Context) ([]APIToken, error) {
 	var out apiv1.APITokenList
 	err := c.do(ctx, http.MethodGet, "/v1/apitokens", nil, nil, &out)
 	return out.Tokens, err
+}
+
+// SubmitPlan calls POST /v1/plans: the control plane validates, signs and
+// stores the plan and offers it to the agent. Refusals come back as
+// *APIError: 400 (the message names the field), 404 (tenant or agent), 409
+// (no active agent, agent revoked) or 413 (plan too large).
+func (c *Client) SubmitPlan(ctx context.Context, req SubmitPlanRequest) (Plan, error) {
+	var out Plan
+	err := c.do(ctx, http.MethodPost, "/v1/plans", nil, req, &out)
+	return out, err
+}
+
+// PlanQuery selects plans in ListPlans. Zero values select all.
+type PlanQuery struct {
+	Tenant string
+	Agent  string
+	Limit  int // 0: the server's default (100); at most 1000
+}
+
+// ListPlans calls GET /v1/plans: plans newest first, without their steps
+// (Plan.StepCount says how many).
+func (c *Client) ListPlans(ctx context.Context, q PlanQuery) ([]Plan, error) {
+	v := url.Values{}
+	if q.Tenant != "" {
+		v.Set("tenant", q.Tenant)
+	}
+	if q.Agent != "" {
+		v.Set("agent", q.Agent)
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	var out apiv1.PlanList
+	err := c.do(ctx, http.MethodGet, "/v1/plans", v, nil, &out)
+	return out.Plans, err
+}
+
+// GetPlan calls GET /v1/plans/{id}: the plan with every step's status.
+func (c *Client) GetPlan(ctx context.Context, id string) (Plan, error) {
+	var out Plan
+	err := c.do(ctx, http.MethodGet, "/v1/plans/"+url.PathEscape(id), nil, nil, &out)
+	return out, err
 }
 
 func (c *Client) do(ctx context.Context, method, path string, query url.Values, in, out any) error {

@@ -10,6 +10,7 @@ import (
 
 	"attache.dev/attache/controlplane/apiclient"
 	"attache.dev/attache/controlplane/httpapi/httpapitest"
+	"attache.dev/attache/controlplane/store"
 	"attache.dev/attache/internal/auditlog"
 	"attache.dev/attache/internal/jointoken"
 )
@@ -93,5 +94,70 @@ func TestBadBaseURL(t *testing.T) {
 		if err := apiclient.New(u, "t", nil).Health(context.Background()); err == nil || !strings.Contains(err.Error(), "server URL") {
 			t.Errorf("New(%q).Health() = %v, want a server URL error", u, err)
 		}
+	}
+}
+
+func TestPlans(t *testing.T) {
+	srv := httpapitest.New(t)
+	ctx := context.Background()
+	admin := apiclient.New(srv.URL, srv.AdminToken, nil)
+	if _, err := admin.CreateTenant(ctx, apiclient.CreateTenantRequest{Name: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	yaml := "version: 1\nsteps: [{id: a, provider: local, action: noop, resource: x}]\n"
+
+	// No agent yet: a typed 409 saying what to do.
+	_, err := admin.SubmitPlan(ctx, apiclient.SubmitPlanRequest{Tenant: "acme", YAML: yaml})
+	var ae *apiclient.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(ae.Message, "attache token create --tenant acme") {
+		t.Fatalf("no agent: %v", err)
+	}
+	enroll(t, srv, "acme", "a1")
+
+	p, err := admin.SubmitPlan(ctx, apiclient.SubmitPlanRequest{Tenant: "acme", YAML: yaml, DryRun: true})
+	if err != nil || p.Agent != "a1" || p.Sequence != 1 || !p.DryRun || p.State != "pending" || len(p.Steps) != 1 {
+		t.Fatalf("SubmitPlan = %+v, %v", p, err)
+	}
+	got, err := admin.GetPlan(ctx, p.ID)
+	if err != nil || got.ID != p.ID || got.Steps[0].ID != "a" || got.Steps[0].State != "pending" {
+		t.Fatalf("GetPlan = %+v, %v", got, err)
+	}
+	if _, err := admin.SubmitPlan(ctx, apiclient.SubmitPlanRequest{Tenant: "acme", Agent: "a1", YAML: yaml}); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := admin.ListPlans(ctx, apiclient.PlanQuery{Tenant: "acme", Agent: "a1", Limit: 1})
+	if err != nil || len(ps) != 1 || ps[0].Sequence != 2 || ps[0].StepCount != 1 {
+		t.Fatalf("ListPlans = %+v, %v", ps, err)
+	}
+	if ps, err := admin.ListPlans(ctx, apiclient.PlanQuery{}); err != nil || len(ps) != 2 {
+		t.Fatalf("ListPlans(all) = %d, %v", len(ps), err)
+	}
+	if _, err := admin.GetPlan(ctx, "no/such"); !apiclient.IsStatus(err, http.StatusNotFound) {
+		t.Fatalf("GetPlan(unknown) = %v", err)
+	}
+	if _, err := admin.SubmitPlan(ctx, apiclient.SubmitPlanRequest{Tenant: "acme", YAML: "version: 1\nsteps: [{id: a}]"}); !apiclient.IsStatus(err, http.StatusBadRequest) ||
+		!strings.Contains(err.Error(), "provider is missing") {
+		t.Fatalf("invalid plan: %v", err)
+	}
+}
+
+// enroll enrolls agent id of tenant through the store, as enrollment does.
+func enroll(t *testing.T, srv *httpapitest.Server, tenant, id string) {
+	t.Helper()
+	ctx := context.Background()
+	jt, err := apiclient.New(srv.URL, srv.AdminToken, nil).CreateJoinToken(ctx, tenant, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jointoken.Parse(jt.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	sid := "spiffe://" + httpapitest.TrustDomain + "/tenant/" + tenant + "/agent/" + id
+	if _, err := srv.Store.Enroll(ctx, tok.ID, tok.SecretHash(), now, store.Agent{
+		Tenant: tenant, ID: id, SPIFFEID: sid, EnrolledAt: now, CertSerial: "01", CertExpiresAt: now.Add(time.Hour),
+	}, auditlog.Entry{Time: now, Actor: sid, Role: "agent", Action: "agent.enroll", Tenant: tenant, Target: id, Outcome: auditlog.OutcomeSuccess}); err != nil {
+		t.Fatalf("Enroll: %v", err)
 	}
 }

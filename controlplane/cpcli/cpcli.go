@@ -1,5 +1,6 @@
 // Package cpcli is the attache-controlplane command line: flags and config
-// file in, a running server out.
+// file in, a running server out (serve), and the offline key tooling (keys
+// show, keys rotate) that works on the data directory.
 //
 // Only controlplane/cmd/attache-controlplane and tests import cpcli.
 package cpcli
@@ -27,7 +28,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newServeCommand(stderr))
+	root.AddCommand(newServeCommand(stderr), newKeysCommand(stdout, stderr))
 	return root
 }
 

@@ -32,7 +32,12 @@ import (
 type Config struct {
 	Store     store.Store
 	CA        *ca.CA
-	TrustRoot func() []byte // the signed trust-root envelope
+	// TrustRoot returns the signed trust-root envelope whose sha256 a join
+	// token pinned: the current root, or an older version kept in the
+	// history when the root rotated after the token was made (the agent
+	// then follows the newer versions on its first session). false means
+	// no kept version has that hash.
+	TrustRoot func(pin [32]byte) ([]byte, bool)
 	SVIDTTL   time.Duration
 	Logger    *slog.Logger
 	Now       func() time.Time
@@ -73,6 +78,13 @@ func (s *Service) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*agen
 			return nil, status.Error(codes.Unauthenticated, "join token is not valid (unknown or revoked)")
 		}
 		return nil, s.internal(err)
+	}
+	// Before the token is spent: a root this control plane no longer knows
+	// would make the agent refuse what it is sent.
+	root, ok := s.cfg.TrustRoot(tok.TrustRootSHA256)
+	if !ok {
+		s.refuse(ctx, src, tok.ID, stored.Tenant, "join token pins an unknown trust root")
+		return nil, status.Error(codes.FailedPrecondition, "the trust root this join token pins is not one this control plane has; create a new join token")
 	}
 	agentID, err := newAgentID()
 	if err != nil {
@@ -119,7 +131,7 @@ func (s *Service) Enroll(ctx context.Context, req *agentv1.EnrollRequest) (*agen
 		SpiffeId:       id.String(),
 		SvidChain:      identity.CertsDER(chain),
 		TrustBundle:    identity.CertsDER(s.cfg.CA.Bundle().X509Authorities()),
-		TrustRoot:      s.cfg.TrustRoot(),
+		TrustRoot:      root,
 		ControlPlaneId: identity.ControlPlaneID(s.td).String(),
 	}, nil
 }

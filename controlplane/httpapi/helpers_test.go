@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"attache.dev/attache/controlplane/httpapi"
+	"attache.dev/attache/controlplane/keys"
+	"attache.dev/attache/controlplane/plans"
 	"attache.dev/attache/controlplane/store"
 	"attache.dev/attache/internal/auditlog"
 )
@@ -68,6 +70,7 @@ type env struct {
 	srv      *httptest.Server
 	clock    *clock
 	logs     *lockedBuffer
+	keys     *keys.Material
 	admin    string
 	operator string
 	auditor  string
@@ -84,14 +87,21 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(func() { st.Close() })
 
 	e := &env{t: t, store: st, clock: &clock{t: time.Now().UTC().Truncate(time.Second)}, logs: &lockedBuffer{}}
+	e.keys, err = keys.LoadOrCreate(ctx, filepath.Join(dir, "keys"), "attache.test", e.clock.Now())
+	if err != nil {
+		t.Fatalf("keys: %v", err)
+	}
+	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h, err := httpapi.New(httpapi.Config{
 		Store:           st,
-		Logger:          slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:          logger,
 		TrustDomain:     "attache.test",
 		AgentAddr:       "cp.attache.test:7444",
 		CAKeySHA256:     func() [32]byte { return testCAKey },
 		TrustRootSHA256: func() [32]byte { return testTrustRoot },
 		Now:             e.clock.Now,
+		Plans: plans.New(plans.Config{Store: st, Keys: func() *keys.Material { return e.keys },
+			Logger: logger, Now: e.clock.Now}),
 	})
 	if err != nil {
 		t.Fatalf("httpapi.New: %v", err)

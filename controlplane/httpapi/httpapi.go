@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"attache.dev/attache/controlplane/httpapi/apiv1"
+	"attache.dev/attache/controlplane/plans"
 	"attache.dev/attache/controlplane/store"
 )
 
@@ -48,6 +49,8 @@ type Config struct {
 	// HeartbeatInterval is how often agents are told to send heartbeats;
 	// an agent counts as connected while seen within ConnectedWindow of it.
 	HeartbeatInterval time.Duration // 0 means DefaultHeartbeatInterval
+	// Plans submits plans; nil leaves the /v1/plans routes out.
+	Plans *plans.Service
 }
 
 // ConnectedWindow is how recently a connected agent must have been seen to
@@ -93,7 +96,8 @@ type server struct {
 }
 
 // New returns the ops API handler. Serve it with timeouts set on the
-// http.Server (the handler limits bodies to 1 MiB itself).
+// http.Server (the handler limits bodies to 1 MiB itself, plan submissions
+// to maxPlanBodyBytes).
 func New(cfg Config) (http.Handler, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -124,6 +128,11 @@ func New(cfg Config) (http.Handler, error) {
 	s.handle(mux, "GET /v1/audit", route{action: "audit.list", roles: auditors, h: s.listAudit})
 	s.handle(mux, "POST /v1/apitokens", route{action: "apitoken.create", roles: admins, h: s.createAPIToken})
 	s.handle(mux, "GET /v1/apitokens", route{action: "apitoken.list", roles: admins, h: s.listAPITokens})
+	if cfg.Plans != nil {
+		s.handle(mux, "POST /v1/plans", route{action: plans.ActionSubmit, roles: mutators, h: s.submitPlan})
+		s.handle(mux, "GET /v1/plans", route{action: "plan.list", roles: all, h: s.listPlans})
+		s.handle(mux, "GET /v1/plans/{id}", route{action: "plan.get", roles: all, h: s.getPlan})
+	}
 	return &jsonMux{mux: mux}, nil
 }
 

@@ -149,6 +149,10 @@ func TestRoleMatrix(t *testing.T) {
 		{"GET", "/v1/audit", "audit.list", nil, want{"admin": 200, "auditor": 200}},
 		{"POST", "/v1/apitokens", "apitoken.create", func(r string) string { return `{"name":"x-` + r + `","role":"auditor"}` }, want{"admin": 201}},
 		{"GET", "/v1/apitokens", "apitoken.list", nil, want{"admin": 200}},
+		// acme has no agent, so a permitted submission fails with 409.
+		{"POST", "/v1/plans", "plan.submit", func(string) string { return `{"tenant":"acme","yaml":"` + oneStepYAML + `"}` }, want{"admin": 409, "operator": 409}},
+		{"GET", "/v1/plans", "plan.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
+		{"GET", "/v1/plans/p1", "plan.get", nil, want{"admin": 404, "operator": 404, "auditor": 404}},
 	} {
 		for _, role := range []string{"admin", "operator", "auditor"} {
 			t.Run(rt.action+"/"+role, func(t *testing.T) {

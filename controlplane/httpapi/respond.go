@@ -66,7 +66,12 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // decode reads exactly one JSON object into v, refusing unknown fields and
 // bodies over maxBodyBytes.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
-	body := http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	return decodeLimit(w, r, v, maxBodyBytes)
+}
+
+// decodeLimit is decode with a body limit of its own.
+func decodeLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
+	body := http.MaxBytesReader(w, r.Body, limit)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

@@ -1,9 +1,11 @@
 package keys
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,8 +48,23 @@ func TestCreateThenLoad(t *testing.T) {
 			t.Errorf("%s mode %04o, want 0600", name, fi.Mode().Perm())
 		}
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 4 {
-		t.Errorf("dir holds %d entries, want 4 (temp files left?)", len(entries))
+	var names []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if want := []string{LockFile, PlansKeyFile, ReleaseKeyFile, RootFile, RootKeyFile, RootsDir}; !slices.Equal(names, want) {
+		t.Errorf("dir holds %q, want %q (temp files left?)", names, want)
+	}
+	hist, err := os.ReadFile(filepath.Join(dir, RootsDir, "1.json"))
+	if err != nil || !bytes.Equal(hist, created.RootEnvelope) {
+		t.Errorf("roots/1.json = %q, %v; want the created root", hist, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, RootsDir, "1.json")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("roots/1.json: %v, %v; want mode 0600", fi, err)
+	}
+	if chain := created.RootChain(0); len(chain) != 1 || !bytes.Equal(chain[0], created.RootEnvelope) {
+		t.Errorf("created RootChain(0) = %d envelopes, want the root", len(chain))
 	}
 
 	loaded, err := LoadOrCreate(ctx, dir, "example.org", testNow.Add(24*time.Hour))

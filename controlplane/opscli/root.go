@@ -1,6 +1,7 @@
 // Package opscli is the `attache` command line: vendor ops (tenants, join
-// tokens, agents, API tokens) and compliance reviewers (audit log, export,
-// offline verification) talk to the control plane's ops API through it.
+// tokens, agents, signed deployment plans, API tokens) and compliance
+// reviewers (audit log, export, offline verification) talk to the control
+// plane's ops API through it.
 // NewRootCommand builds the whole command tree so tests can run it
 // in-process.
 //
@@ -52,8 +53,9 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "attache",
 		Short: "Operate an Attaché control plane and verify its audit trail",
 		Long: `attache talks to an Attaché control plane's ops API: register tenants, mint
-join tokens for their agents, watch and revoke agents, manage API tokens,
-and read, export and verify the tamper-evident audit trail.
+join tokens for their agents, watch and revoke agents, submit signed
+deployment plans and follow them, manage API tokens, and read, export and
+verify the tamper-evident audit trail.
 
 Authenticate with an API token (--token, --token-file, or the ATTACHE_TOKEN /
 ATTACHE_TOKEN_FILE environment variables). The control plane writes the first
@@ -63,6 +65,7 @@ admin token to its data directory when it starts on an empty store.`,
   attache tenant create acme --display-name "Acme Corp" --label tier=silo
   attache token create --tenant acme --ttl 2h
   attache agent list --tenant acme
+  attache plan submit --tenant acme install.yaml --wait
   attache audit verify`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -92,6 +95,7 @@ admin token to its data directory when it starts on an empty store.`,
 		newTenantCommand(g),
 		newTokenCommand(g),
 		newAgentCommand(g),
+		newPlanCommand(g),
 		newAPITokenCommand(g),
 		newAuditCommand(g),
 	)

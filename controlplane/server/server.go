@@ -27,6 +27,7 @@ import (
 	"attache.dev/attache/controlplane/enroll"
 	"attache.dev/attache/controlplane/httpapi"
 	"attache.dev/attache/controlplane/keys"
+	"attache.dev/attache/controlplane/plans"
 	"attache.dev/attache/controlplane/store"
 	"attache.dev/attache/internal/grpcx"
 	"attache.dev/attache/internal/identity"
@@ -48,9 +49,10 @@ type Server struct {
 	logger   *slog.Logger
 	store    store.Store
 	ca       *ca.CA
-	keys     *keys.Material
+	keys     *keys.Holder
 	source   *identity.Source
 	agentAPI *agentapi.Service
+	plans    *plans.Service
 	grpc     *grpc.Server
 	http     *http.Server
 
@@ -95,24 +97,39 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 		logger.Info("wrote the first admin API token", "path", tokenPath)
 	}
 
-	s := &Server{cfg: cfg, logger: logger, store: st, ca: authority, keys: material}
+	holder := keys.NewHolder(material, cfg.DataDir, td.Name(), logger.With("component", "keys"))
+	s := &Server{cfg: cfg, logger: logger, store: st, ca: authority, keys: holder}
 	svid, err := authority.IssueServer(identity.ControlPlaneID(td), cfg.API.Hosts, serverSVIDTTL, now)
 	if err != nil {
 		return nil, err
 	}
 	s.source = identity.NewSource(svid, authority.Bundle())
 
-	s.agentAPI = agentapi.New(agentapi.Config{
+	// The plans service and the agent API need each other: submit nudges
+	// the agent's session, the session asks for (re-signed) envelopes.
+	var agentAPI *agentapi.Service
+	s.plans = plans.New(plans.Config{
+		Store:  st,
+		Keys:   holder.Current,
+		Notify: func(k store.AgentKey) { agentAPI.NotifyPlans(k) },
+		Logger: logger.With("component", "plans"),
+	})
+	agentAPI = agentapi.New(agentapi.Config{
 		Store:             st,
 		CA:                authority,
 		SVIDTTL:           time.Duration(cfg.SVIDTTL),
 		HeartbeatInterval: time.Duration(cfg.HeartbeatInterval),
 		Logger:            logger.With("component", "agentapi"),
+		TrustRoots:        func(after uint32) [][]byte { return holder.Current().RootChain(int(after)) },
+		Envelope:          s.plans.Envelope,
 	})
+	s.agentAPI = agentAPI
 	enrollSvc := enroll.New(enroll.Config{
-		Store:     st,
-		CA:        authority,
-		TrustRoot: func() []byte { return material.RootEnvelope },
+		Store: st,
+		CA:    authority,
+		TrustRoot: func(pin [32]byte) ([]byte, bool) {
+			return holder.Current().RootByHash(pin)
+		},
 		SVIDTTL:   time.Duration(cfg.SVIDTTL),
 		Logger:    logger.With("component", "enroll"),
 	})
@@ -129,7 +146,8 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 		TrustDomain:       td.Name(),
 		AgentAddr:         cfg.AgentAdvertise(),
 		CAKeySHA256:       authority.KeySHA256,
-		TrustRootSHA256:   material.RootHash,
+		TrustRootSHA256:   func() [32]byte { return holder.Current().RootHash() },
+		Plans:             s.plans,
 		HeartbeatInterval: time.Duration(cfg.HeartbeatInterval),
 	})
 	if err != nil {
@@ -187,6 +205,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.agentAPI.Run(ctx) })
 	g.Go(func() error { return s.rotateServerSVID(ctx) })
+	g.Go(func() error { return s.keys.Run(ctx) })
 	g.Go(func() error {
 		if err := s.grpc.Serve(s.agentLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("agent endpoint: %w", err)

@@ -3,6 +3,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"attache.dev/attache/agent/agentcli"
 	"attache.dev/attache/agent/svid"
 	"attache.dev/attache/internal/identity"
 )
@@ -27,6 +29,8 @@ type AgentOptions struct {
 	ReconnectMaxDelay time.Duration
 	// LogLevel is --log-level; default "info".
 	LogLevel string
+	// Config is the agent's --config file; empty means none (no providers).
+	Config string
 }
 
 // Agent is an `attache-agent run` process.
@@ -57,6 +61,9 @@ func (e *Env) StartAgent(t testing.TB, opts AgentOptions) *Agent {
 	}
 	if opts.Token != "" {
 		args = append(args, "--token", opts.Token)
+	}
+	if opts.Config != "" {
+		args = append(args, "--config", opts.Config)
 	}
 	return &Agent{
 		env:      e,
@@ -155,4 +162,31 @@ func writeSecret(path, s string) error {
 		return errors.New("harness: write " + path + ": " + err.Error())
 	}
 	return nil
+}
+
+// LocalProvider writes an agent config file that pins the attache-provider-local
+// binary the harness built, with its root below the test's directory and the
+// built sampleapp's directory as bin_dir, and returns the config's path and
+// the provider's root.
+func (e *Env) LocalProvider(t testing.TB) (config, root string) {
+	t.Helper()
+	name := e.name("local")
+	root = filepath.Join(e.dir, name+"-root")
+	bin := e.Bin(LocalProviderBin)
+	sum, err := agentcli.FileSHA256(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := json.Marshal(map[string]any{"providers": []any{map[string]any{
+		"name": "local", "path": bin, "sha256": sum,
+		"config": map[string]string{"root": root, "bin_dir": e.bin},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	config = filepath.Join(e.dir, name+".json")
+	if err := os.WriteFile(config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return config, root
 }

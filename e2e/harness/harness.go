@@ -38,6 +38,10 @@ const (
 	ControlPlaneBin = "attache-controlplane"
 	CLIBin          = "attache"
 	AgentBin        = "attache-agent"
+	// LocalProviderBin is the local provider plugin; SampleAppBin the demo app
+	// (both built into the same directory, which LocalProvider uses as bin_dir).
+	LocalProviderBin = "attache-provider-local"
+	SampleAppBin     = "sampleapp"
 )
 
 // pollInterval is how often waits re-check their condition.
@@ -76,7 +80,8 @@ func binDir(t testing.TB) string {
 		}
 		build.dir = dir
 		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
-			"./controlplane/cmd/attache-controlplane", "./controlplane/cmd/attache", "./agent/cmd/attache-agent")
+			"./controlplane/cmd/attache-controlplane", "./controlplane/cmd/attache", "./agent/cmd/attache-agent",
+			"./providers/local/cmd/attache-provider-local", "./examples/sampleapp")
 		cmd.Dir = root
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out

@@ -134,3 +134,87 @@ type NewAPIToken struct {
 	APIToken
 	Token string `json:"token"`
 }
+
+// SubmitPlanRequest is the body of POST /v1/plans. YAML is the plan's
+// authoring document; Agent names the tenant's agent to run it and may be
+// empty when the tenant has exactly one active agent. The body may be at
+// most 2 MiB and the signed plan at most 1 MiB.
+type SubmitPlanRequest struct {
+	Tenant string `json:"tenant"`
+	Agent  string `json:"agent,omitempty"`
+	DryRun bool   `json:"dry_run,omitempty"`
+	YAML   string `json:"yaml"`
+}
+
+// Plan states. Pending plans wait for the agent to acknowledge them;
+// expired is reported for a pending plan past its expires_at (the agent
+// will never get it); succeeded, failed, refused and expired are terminal.
+const (
+	PlanPending   = "pending"
+	PlanAccepted  = "accepted"
+	PlanRunning   = "running"
+	PlanSucceeded = "succeeded"
+	PlanFailed    = "failed"
+	PlanRefused   = "refused"
+	PlanExpired   = "expired"
+)
+
+// StepPending is the state of a step the agent has not reported on yet.
+// Agents report running, succeeded, failed, skipped and, in a dry run,
+// planned.
+const StepPending = "pending"
+
+// Plan is a signed deployment plan and what its agent last reported.
+// GET /v1/plans leaves Steps out (StepCount says how many there are);
+// GET /v1/plans/{id} fills it.
+type Plan struct {
+	ID         string     `json:"id"`
+	Tenant     string     `json:"tenant"`
+	Agent      string     `json:"agent"`
+	Sequence   uint64     `json:"sequence"`
+	Release    string     `json:"release,omitempty"`
+	DryRun     bool       `json:"dry_run"`
+	State      string     `json:"state"`
+	Message    string     `json:"message,omitempty"`
+	CreatedBy  string     `json:"created_by,omitempty"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  time.Time  `json:"expires_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
+	AckedAt    *time.Time `json:"acked_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	StepCount  int        `json:"step_count"`
+	Steps      []PlanStep `json:"steps,omitempty"`
+}
+
+// PlanStep is one step of a plan, as signed, with its last reported
+// status. Duration is a Go duration, set once the step has started and
+// finished.
+type PlanStep struct {
+	ID                  string       `json:"id"`
+	Provider            string       `json:"provider"`
+	Action              string       `json:"action"`
+	Resource            string       `json:"resource"`
+	DependsOn           []string     `json:"depends_on,omitempty"`
+	State               string       `json:"state"`
+	Message             string       `json:"message,omitempty"`
+	Attempts            uint32       `json:"attempts,omitempty"`
+	StartedAt           *time.Time   `json:"started_at,omitempty"`
+	FinishedAt          *time.Time   `json:"finished_at,omitempty"`
+	Duration            string       `json:"duration,omitempty"`
+	Changes             []StepChange `json:"changes,omitempty"`
+	CompensationState   string       `json:"compensation_state,omitempty"`
+	CompensationMessage string       `json:"compensation_message,omitempty"`
+}
+
+// StepChange is one change a step made or, in a dry run, would make.
+// Operation is create, update, delete or noop.
+type StepChange struct {
+	Resource  string `json:"resource"`
+	Operation string `json:"operation"`
+	Summary   string `json:"summary,omitempty"`
+}
+
+// PlanList is the body of GET /v1/plans, newest first.
+type PlanList struct {
+	Plans []Plan `json:"plans"`
+}

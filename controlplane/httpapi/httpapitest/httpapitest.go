@@ -1,6 +1,7 @@
 // Package httpapitest runs the real ops API on a real SQLite store in a
-// test's temp directory, for tests of the API client, the CLI and anything
-// else that needs a live ops API.
+// test's temp directory, with real signing keys and plan submission, for
+// tests of the API client, the CLI and anything else that needs a live ops
+// API.
 //
 // Imported by tests only.
 package httpapitest
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"attache.dev/attache/controlplane/httpapi"
+	"attache.dev/attache/controlplane/keys"
+	"attache.dev/attache/controlplane/plans"
 	"attache.dev/attache/controlplane/store"
 )
 
@@ -36,7 +39,8 @@ type Server struct {
 	URL        string
 	AdminToken string // the bootstrap admin token
 	Store      store.Store
-	CACertPEM  []byte // NewTLS only: the certificate to trust
+	Keys       *keys.Material // signs the plans submitted to it
+	CACertPEM  []byte         // NewTLS only: the certificate to trust
 }
 
 // New starts a plain-HTTP server that lives until the test ends.
@@ -61,6 +65,10 @@ func start(t testing.TB, useTLS bool) *Server {
 		t.Fatalf("httpapitest: store: %v", err)
 	}
 	t.Cleanup(func() { st.Close() })
+	km, err := keys.LoadOrCreate(ctx, filepath.Join(dir, "keys"), TrustDomain, time.Now())
+	if err != nil {
+		t.Fatalf("httpapitest: keys: %v", err)
+	}
 	h, err := httpapi.New(httpapi.Config{
 		Store:           st,
 		Logger:          slog.New(slog.DiscardHandler),
@@ -68,6 +76,7 @@ func start(t testing.TB, useTLS bool) *Server {
 		AgentAddr:       AgentAddr,
 		CAKeySHA256:     func() [32]byte { return CAKeySHA256 },
 		TrustRootSHA256: func() [32]byte { return TrustRootSHA256 },
+		Plans:           plans.New(plans.Config{Store: st, Keys: func() *keys.Material { return km }}),
 	})
 	if err != nil {
 		t.Fatalf("httpapitest: %v", err)
@@ -90,5 +99,5 @@ func start(t testing.TB, useTLS bool) *Server {
 	if err != nil {
 		t.Fatalf("httpapitest: %v", err)
 	}
-	return &Server{URL: srv.URL, AdminToken: strings.TrimSpace(string(b)), Store: st, CACertPEM: caPEM}
+	return &Server{URL: srv.URL, AdminToken: strings.TrimSpace(string(b)), Store: st, Keys: km, CACertPEM: caPEM}
 }
