@@ -39,7 +39,7 @@ WITH_TOOLS := env PATH="$(TOOLS_PATH):$$PATH"
 # ---- what to build and test -------------------------------------------------
 # Every directory holding a main package: cp, CLI, agent, installer, providers.
 CMD_DIRS = $(patsubst %/,%,$(sort $(dir $(wildcard \
-	controlplane/cmd/*/*.go agent/cmd/*/*.go installer/cmd/*/*.go providers/*/cmd/*/*.go))))
+	controlplane/cmd/*/*.go agent/cmd/*/*.go installer/cmd/*/*.go providers/*/cmd/*/*.go examples/*/*.go))))
 
 # Packages run under the race detector (the rest run without it: -race roughly
 # doubles build and run time on 2 cores). Concurrency-heavy packages belong

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The local demo behind `make demo`: a control plane and one agent on this
-# machine, the agent enrolled with a one-time join token, shown connected.
+# The local demo behind `make demo`: a control plane (SQLite) and one agent
+# per tenant on this machine, each enrolled with a one-time join token; then
+# signed plans that provision both tenants (directories, SQLite databases),
+# migrate them, start the sample app v1, and upgrade it to v2, applied by
+# the agents through the local provider plugin; then the audit log.
 #
 # Run `make build` first (make demo does). Adapt the flags in the variables
 # below; nothing else in this file knows them.
@@ -17,7 +20,7 @@ TIMEOUT="${DEMO_TIMEOUT:-30}"
 TRUST_DOMAIN="attache.demo"
 AGENT_ADDR="127.0.0.1:7440"
 API_ADDR="127.0.0.1:7443"
-TENANT="acme"
+TENANTS=(acme globex)
 
 CP_FLAGS=(serve --data-dir "$D/controlplane" --trust-domain "$TRUST_DOMAIN"
 	--agent-listen "$AGENT_ADDR" --api-listen "$API_ADDR")
@@ -52,6 +55,9 @@ cleanup() {
 	local p
 	for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" 2>/dev/null || true; done
+	# The sample apps the plans started outlive their agents by design (an
+	# agent restart must not stop the vendor's app); the demo stops them.
+	[ -n "${VENDOR_BIN:-}" ] && pkill -f "^$VENDOR_BIN/sampleapp" 2>/dev/null || true
 	if [ $rc -ne 0 ]; then
 		for f in "$D"/*.log; do [ -f "$f" ] && { echo "--- $f (last 20 lines)" >&2; tail -n 20 "$f" >&2; }; done
 	fi
@@ -60,7 +66,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for b in attache-controlplane attache attache-agent; do
+for b in attache-controlplane attache attache-agent attache-provider-local sampleapp; do
 	[ -x "$BIN/$b" ] || die "$BIN/$b not found; run 'make build'"
 done
 
@@ -76,27 +82,68 @@ echo "pid $!, log $D/controlplane.log"
 wait_for "the control plane API" cli tenant list
 echo "control plane is up; admin token in $D/controlplane/admin.token"
 
-step "Create tenant $TENANT"
-cli tenant create "$TENANT"
+# The vendor app's binaries, the only programs plans may start (bin_dir).
+mkdir -p "$D/vendor-bin"
+cp "$BIN/sampleapp" "$D/vendor-bin/"
+VENDOR_BIN="$(cd "$D/vendor-bin" && pwd)"
+DABS="$(cd "$D" && pwd)"
 
-step "Create a one-time join token for $TENANT"
-TOKEN="$(cli token create --tenant "$TENANT")"
-[ -n "$TOKEN" ] || die "empty join token"
-echo "${TOKEN:0:24}…"
+# Each tenant: its own agent, local provider root and app ports (v1, v2).
+declare -A PORT1=([acme]=18081 [globex]=18091) PORT2=([acme]=18082 [globex]=18092)
+for t in "${TENANTS[@]}"; do
+	step "Tenant $t: create it and a one-time join token"
+	cli tenant create "$t"
+	TOKEN="$(cli token create --tenant "$t")"
+	[ -n "$TOKEN" ] || die "empty join token"
+	echo "${TOKEN:0:24}…"
 
-step "Start the agent (it dials out; it enrolls with the token and gets its SVID)"
-"$BIN/attache-agent" run --state-dir "$D/agent" --token "$TOKEN" >"$D/agent.log" 2>&1 &
-pids+=($!)
-echo "pid $!, log $D/agent.log"
+	step "Tenant $t: start its agent with the local provider pinned by sha256"
+	mkdir -p "$D/agent-$t"
+	"$BIN/attache-agent" provider pin --name local "$BIN/attache-provider-local" \
+		--config "{\"root\":\"$DABS/local-$t\",\"bin_dir\":\"$VENDOR_BIN\"}" >"$D/agent-$t.yaml"
+	chmod 600 "$D/agent-$t.yaml"
+	sed 's/^/    /' "$D/agent-$t.yaml"
+	"$BIN/attache-agent" run --state-dir "$D/agent-$t/state" --config "$D/agent-$t.yaml" --token "$TOKEN" \
+		>"$D/agent-$t.log" 2>&1 &
+	pids+=($!)
+	echo "pid $!, log $D/agent-$t.log"
+done
 
-step "Wait for the agent to show as connected"
-agent_connected() { cli agent list 2>/dev/null | grep -qw connected; }
-wait_for "the agent to connect" agent_connected
+step "Wait for both agents to show as connected"
+agents_connected() { [ "$(cli agent list 2>/dev/null | grep -cw connected)" -ge ${#TENANTS[@]} ]; }
+wait_for "the agents to connect" agents_connected
 cli agent list
+
+render() { sed -e "s/__PORT__/${PORT1[$2]}/g" -e "s/__PORT2__/${PORT2[$2]}/g" "examples/plans/$1.yaml" >"$D/$1-$2.yaml"; }
+
+for t in "${TENANTS[@]}"; do
+	render install "$t"
+	step "Tenant $t: dry run of the install plan (each provider's diff, nothing changes)"
+	cli plan submit --tenant "$t" --dry-run --wait --timeout "${TIMEOUT}s" "$D/install-$t.yaml"
+	step "Tenant $t: install plan — directories, SQLite database migrated, app v1 (signed, verified, applied)"
+	cli plan submit --tenant "$t" --wait --timeout "${TIMEOUT}s" "$D/install-$t.yaml"
+	curl -fsS "http://127.0.0.1:${PORT1[$t]}/" || die "app v1 of $t does not answer"
+done
+
+for t in "${TENANTS[@]}"; do
+	render upgrade "$t"
+	step "Tenant $t: upgrade plan — one more migration, app v2 started, health-checked, switched"
+	cli plan submit --tenant "$t" --wait --timeout "${TIMEOUT}s" "$D/upgrade-$t.yaml"
+	curl -fsS "http://127.0.0.1:${PORT2[$t]}/" || die "app v2 of $t does not answer"
+done
+
+step "Every plan and its status"
+cli plan list
+last="$(cli -o json plan list --tenant acme --limit 1 | sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' | head -n1)"
+[ -n "$last" ] && cli plan show "$last"
+
+step "The audit log (hash-chained; verified below)"
+cli audit log
+cli audit verify
 
 if [ "${DEMO_KEEP:-}" = 1 ]; then
 	step "Running; Ctrl-C stops both processes"
 	wait
 fi
 
-step "Demo complete; stopping the agent and the control plane"
+step "Demo complete; stopping the agents, their apps and the control plane"
