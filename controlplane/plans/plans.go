@@ -293,11 +293,17 @@ func (s *Service) Envelope(ctx context.Context, p store.Plan) ([]byte, error) {
 		return nil, ctxErr
 	}
 	payload, version, err := s.signedBefore(ctx, m, p.Envelope)
-	if err != nil {
-		return nil, fmt.Errorf("plans: plan %s: not re-signed: %w", p.ID, err)
+	if err == nil {
+		err = matches(m, p, payload)
 	}
-	if err := matches(m, p, payload); err != nil {
-		return nil, fmt.Errorf("plans: plan %s: not re-signed: %w", p.ID, err)
+	if err != nil {
+		// Not this control plane's signature (the stored envelope was
+		// altered or forged): never re-sign it, and do not hide it either.
+		// It is sent as stored; the agent, the verifier of record, refuses
+		// it, and the refusal with its reason is reported and audited.
+		s.cfg.Logger.Error("stored plan envelope is not signed by any plans key of this control plane; offering it unchanged for the agent to refuse",
+			"plan", p.ID, "tenant", p.Tenant, "agent", p.AgentID, "err", err)
+		return p.Envelope, nil
 	}
 	env, err := sign.SignPayload(ctx, plan.PayloadType, payload, m.PlanSigner)
 	if err != nil {
