@@ -30,8 +30,8 @@ import (
 
 // Config configures the service.
 type Config struct {
-	Store     store.Store
-	CA        *ca.CA
+	Store store.Store
+	CA    *ca.CA
 	// TrustRoot returns the signed trust-root envelope whose sha256 a join
 	// token pinned: the current root, or an older version kept in the
 	// history when the root rotated after the token was made (the agent

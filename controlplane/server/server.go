@@ -130,8 +130,8 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 		TrustRoot: func(pin [32]byte) ([]byte, bool) {
 			return holder.Current().RootByHash(pin)
 		},
-		SVIDTTL:   time.Duration(cfg.SVIDTTL),
-		Logger:    logger.With("component", "enroll"),
+		SVIDTTL: time.Duration(cfg.SVIDTTL),
+		Logger:  logger.With("component", "enroll"),
 	})
 	s.grpc = grpc.NewServer(grpcx.ServerOptions(
 		credentials.NewTLS(identity.ServerTLSConfig(s.source, td)),
