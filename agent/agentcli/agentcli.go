@@ -1,5 +1,7 @@
 // Package agentcli is the attache-agent command line: enroll if needed, then
-// keep the session to the control plane open and the SVID fresh.
+// keep the session to the control plane open and the SVID fresh and apply
+// the plans it receives; pin provider binaries for the config file; and read
+// the plan journal and the agent's audit log.
 //
 // Only agent/cmd/attache-agent and tests import agentcli.
 package agentcli
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"attache.dev/attache/agent/catalog"
 	"attache.dev/attache/agent/executor"
@@ -42,7 +45,8 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newRunCommand(stderr), newStatusCommand(stdout), newProviderCommand(stdout))
+	root.AddCommand(newRunCommand(stderr), newStatusCommand(stdout), newProviderCommand(stdout),
+		newPlansCommand(stdout), newAuditCommand(stdout))
 	return root
 }
 
@@ -73,12 +77,16 @@ trust root it pinned at enrollment (signature by the plans key, its own tenant
 and agent ID, a sequence newer than the last accepted, not expired), journals
 it in --state-dir/journal.db, and applies its steps one plan at a time through
 the provider plugins listed in --config, each pinned by SHA-256 (see
-"attache-agent provider pin"). A refused plan is reported with its reason. After
-a crash the agent resumes the interrupted plan and never repeats a step that
-succeeded. Without --config the agent has no providers, and plans that need
-one fail.`,
+"attache-agent provider pin"). A provider binary that is missing or does not
+match its pinned checksum stops the agent at start, before it enrolls. A
+refused plan is reported with its reason and recorded in the agent's own audit
+log. After a crash the agent resumes the interrupted plan and never repeats a
+step that succeeded. Without --config the agent has no providers, and plans
+that need one fail. "attache-agent plans" and "attache-agent audit" read the
+journal while the agent is stopped.`,
 		Example: `  attache-agent run --state-dir /var/lib/attache-agent --token "$(cat join-token)"
-  ATTACHE_JOIN_TOKEN=attache-join-v1.… attache-agent run --state-dir ./agent`,
+  ATTACHE_JOIN_TOKEN=attache-join-v1.… attache-agent run --state-dir ./agent
+  attache-agent run --state-dir /var/lib/attache-agent --config /etc/attache/agent.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := logging.New(stderr, logLevel, logFormat)
@@ -102,6 +110,11 @@ one fail.`,
 				}
 			} else {
 				cfg = &Config{}
+			}
+			// Fail fast, before enrolling or opening the journal: a provider
+			// binary that is missing or does not match its pinned checksum.
+			if err := catalog.CheckBinaries(cfg.Providers); err != nil {
+				return fmt.Errorf("config %s: %w", configPath, err)
 			}
 			return run(cmd.Context(), logger, stateDir, token, backoffMax, cfg)
 		},
@@ -159,14 +172,7 @@ func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backo
 		return err
 	}
 	defer jr.Close()
-	tenant, agentID, err := identity.ParseAgentID(st.TrustDomain(), st.ID)
-	if err != nil {
-		return err
-	}
-	cat, err := catalog.Load(ctx, cfg.Providers, catalog.Options{
-		Logger: logger.With("component", "providers"),
-		Tenant: &providerv1.TenantContext{Tenant: tenant, AgentId: agentID, TrustDomain: st.TrustDomain().Name()},
-	})
+	cat, err := loadProviders(ctx, logger, st.ID, cfg.Providers)
 	if err != nil {
 		return err
 	}
@@ -206,6 +212,20 @@ func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backo
 		return &ExitError{Code: ExitRevoked, Err: err}
 	}
 	return err
+}
+
+// loadProviders starts and configures the providers in entries for the
+// agent id (each binary checked against its pinned sha256 again as it
+// starts).
+func loadProviders(ctx context.Context, logger *slog.Logger, id spiffeid.ID, entries []catalog.Entry) (*catalog.Catalog, error) {
+	tenant, agentID, err := identity.ParseAgentID(id.TrustDomain(), id)
+	if err != nil {
+		return nil, err
+	}
+	return catalog.Load(ctx, entries, catalog.Options{
+		Logger: logger.With("component", "providers"),
+		Tenant: &providerv1.TenantContext{Tenant: tenant, AgentId: agentID, TrustDomain: id.TrustDomain().Name()},
+	})
 }
 
 // JournalFile is the plan journal inside the state directory.

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -220,18 +221,39 @@ type managed struct {
 
 // checkSum hashes the binary and refuses a mismatch with a clear error.
 // go-plugin checks again (SecureConfig) as it starts the binary.
-func (m *managed) checkSum() error {
-	f, err := os.Open(m.entry.Path)
+func (m *managed) checkSum() error { return checkBinary(m.entry) }
+
+// CheckBinaries validates entries and checks every provider binary against
+// its pinned SHA-256, without starting anything: the agent calls it first
+// thing, so a wrong checksum stops it before it enrolls or opens its
+// journal. Every problem is reported at once; a mismatch names the
+// provider, its path and both sums (errors.Is(err, ErrChecksumMismatch)).
+// Load checks again as it starts each provider.
+func CheckBinaries(entries []Entry) error {
+	if err := Validate(entries); err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		errs = append(errs, checkBinary(e))
+	}
+	return errors.Join(errs...)
+}
+
+// checkBinary hashes e's binary and compares it with e.SHA256 (which
+// Validate checked is 64 hex digits).
+func checkBinary(e Entry) error {
+	f, err := os.Open(e.Path)
 	if err != nil {
-		return fmt.Errorf("provider %q: %w", m.entry.Name, err)
+		return fmt.Errorf("provider %q: %w", e.Name, err)
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return fmt.Errorf("provider %q: read %s: %w", m.entry.Name, m.entry.Path, err)
+		return fmt.Errorf("provider %q: read %s: %w", e.Name, e.Path, err)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != hex.EncodeToString(m.sum) {
-		return fmt.Errorf("provider %q: %s has sha256 %s, config pins %s: %w", m.entry.Name, m.entry.Path, got, hex.EncodeToString(m.sum), ErrChecksumMismatch)
+	if got, want := hex.EncodeToString(h.Sum(nil)), strings.ToLower(e.SHA256); got != want {
+		return fmt.Errorf("provider %q: %s has sha256 %s, config pins %s: %w", e.Name, e.Path, got, want, ErrChecksumMismatch)
 	}
 	return nil
 }

@@ -99,6 +99,29 @@ func TestChecksumMismatchRefused(t *testing.T) {
 	}
 }
 
+func TestCheckBinaries(t *testing.T) {
+	path, sum := buildLocal(t)
+	if err := CheckBinaries([]Entry{{Name: "local", Path: path, SHA256: strings.ToUpper(sum)}}); err != nil {
+		t.Fatalf("matching binary (sum in upper case): %v", err)
+	}
+	wrong := strings.Repeat("0", 64)
+	err := CheckBinaries([]Entry{
+		{Name: "local", Path: path, SHA256: wrong},
+		{Name: "other", Path: "/nonexistent/attache-provider-other", SHA256: sum},
+	})
+	if !errors.Is(err, ErrChecksumMismatch) {
+		t.Fatalf("got %v, want ErrChecksumMismatch", err)
+	}
+	for _, want := range []string{`provider "local"`, path, sum, wrong, `provider "other"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if err := CheckBinaries([]Entry{{Name: "local", Path: "relative", SHA256: sum}}); err == nil || !strings.Contains(err.Error(), "absolute") {
+		t.Errorf("invalid entry: %v", err)
+	}
+}
+
 func TestValidate(t *testing.T) {
 	err := Validate([]Entry{
 		{Name: "Local", Path: "rel/path", SHA256: "xyz"},

@@ -58,6 +58,13 @@ type Options struct {
 	// MaxRefusals is how many refused plans the journal keeps; the oldest
 	// beyond it are deleted. Zero or less means DefaultMaxRefusals.
 	MaxRefusals int
+	// ReadOnly opens an existing journal for reading only (the agent's
+	// `plans` and `audit` commands): the file is neither created nor
+	// written, and every method that changes the journal fails. It takes a
+	// shared file lock, which still conflicts with a running agent's
+	// exclusive one, so it fails with ErrLocked while the agent runs, and
+	// an agent starting meanwhile waits for it (up to its own Timeout).
+	ReadOnly bool
 }
 
 // Buckets and meta keys. Every index is maintained by putRecord in the
@@ -113,12 +120,19 @@ func Open(path string, opts Options) (*Journal, error) {
 		return nil, fmt.Errorf("open journal: %s is accessible by group or others (mode %04o): %w; run chmod 600 %s",
 			path, fi.Mode().Perm(), securefile.ErrTooOpen, path)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, ReadOnly: opts.ReadOnly})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("open journal %s: %w: still locked after %s; another attache-agent seems to use this state directory", path, ErrLocked, opts.Timeout)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	if opts.ReadOnly {
+		if err := db.View(checkLayout); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open journal %s: %w", path, err)
+		}
+		return &Journal{db: db, now: opts.Now, maxRefusals: opts.MaxRefusals}, nil
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, name := range allBuckets {
@@ -142,6 +156,23 @@ func Open(path string, opts Options) (*Journal, error) {
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	}
 	return &Journal{db: db, now: opts.Now, maxRefusals: opts.MaxRefusals}, nil
+}
+
+// checkLayout checks, for a read-only Open, that the file holds every
+// bucket in this agent's format.
+func checkLayout(tx *bolt.Tx) error {
+	for _, name := range allBuckets {
+		if tx.Bucket(name) == nil {
+			return fmt.Errorf("not a plan journal: no %s bucket", name)
+		}
+	}
+	switch v := tx.Bucket(bucketMeta).Get(keyFormat); {
+	case len(v) != 8:
+		return errors.New("format marker is missing or corrupt")
+	case binary.BigEndian.Uint64(v) != formatVersion:
+		return fmt.Errorf("format %d, this agent reads format %d (was it written by a newer agent?)", binary.BigEndian.Uint64(v), formatVersion)
+	}
+	return nil
 }
 
 // Close closes the journal file, releasing its lock.

@@ -449,6 +449,70 @@ func TestSecondOpenTimesOut(t *testing.T) {
 	}
 }
 
+func TestReadOnly(t *testing.T) {
+	j, path := newJournal(t)
+	if _, err := j.Accept(rec("p1", 1, "a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.Audit(auditlog.Entry{Action: "plan.accept", Outcome: auditlog.OutcomeSuccess}); err != nil {
+		t.Fatal(err)
+	}
+
+	// While the agent holds the journal, a reader is refused, and the
+	// writer is unaffected.
+	if _, err := Open(path, Options{ReadOnly: true, Timeout: 50 * time.Millisecond}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("read-only Open beside the writer = %v, want ErrLocked", err)
+	}
+	if _, err := j.Update("p1", func(*PlanRecord) error { return nil }); err != nil {
+		t.Fatalf("writer after a refused reader: %v", err)
+	}
+	j.Close()
+
+	info, _ := os.Stat(path)
+	// Readers share the file.
+	r1 := open(t, path, Options{ReadOnly: true})
+	r2 := open(t, path, Options{ReadOnly: true})
+	for _, r := range []*Journal{r1, r2} {
+		if recs, err := r.List(0); err != nil || ids(recs) != "p1" || recs[0].Version != 2 {
+			t.Fatalf("List = %+v, %v", recs, err)
+		}
+		if err := r.VerifyAudit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r1.Accept(rec("p2", 2)); err == nil {
+		t.Fatal("Accept on a read-only journal succeeded")
+	}
+	// A writer waits for the readers.
+	if _, err := Open(path, Options{Timeout: 50 * time.Millisecond}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("writer beside readers = %v, want ErrLocked", err)
+	}
+	r1.Close()
+	r2.Close()
+	if after, _ := os.Stat(path); !after.ModTime().Equal(info.ModTime()) || after.Size() != info.Size() {
+		t.Fatal("read-only use changed the file")
+	}
+
+	// A missing journal is not created; a file that is not a journal is
+	// refused.
+	missing := filepath.Join(t.TempDir(), "journal.db")
+	if _, err := Open(missing, Options{ReadOnly: true}); err == nil {
+		t.Fatal("read-only Open of a missing journal succeeded")
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("read-only Open created %s", missing)
+	}
+	other := filepath.Join(t.TempDir(), "other.db")
+	db, err := bolt.Open(other, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := Open(other, Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), "not a plan journal") {
+		t.Fatalf("read-only Open of an empty bbolt file = %v", err)
+	}
+}
+
 func TestFileMode(t *testing.T) {
 	j, path := newJournal(t)
 	fi, err := os.Stat(path)

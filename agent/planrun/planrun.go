@@ -185,12 +185,25 @@ func (r *Runner) HelloState() (lastSequence uint64, trustRootVersion uint32) {
 	return r.v.LastSequence, uint32(r.v.Root.Version)
 }
 
-// FollowRoots follows the trust roots in roots (oldest first): those whose
-// version is not above the pinned one are skipped; each next one must be
-// the rotation of the pinned root (planverify.FollowRoot), and is persisted
-// (State.SaveTrustRoot) and pinned before the next is looked at. A refused
-// root is audited, logged and returned (wrapping planverify.ErrRootRotation);
-// the roots after it are not looked at.
+// FollowRoots follows the trust roots in roots (oldest first), the chain of
+// rotations from the pinned root to the control plane's current one.
+// Envelopes whose claimed version is not above the pinned one (or above the
+// envelope before it) are skipped; the rest must form the chain pinned+1,
+// pinned+2, … and are verified as a whole (planverify.FollowRootChain, TUF
+// rules): each root signed by the root threshold of the one before it and by
+// its own, with the next version and the same trust domain, and only the
+// final root checked for expiry. So an agent that was offline across
+// several rotations follows them even when an intermediate root has expired
+// meanwhile.
+//
+// The pinned root changes all at once or not at all: only when the whole
+// chain verified is the final root persisted (State.SaveTrustRoot, one
+// atomic write of trust-root.json) and pinned, and every followed version
+// audited. A refusal anywhere in the chain, or a final root that has
+// expired, leaves the pinned root (in memory and on disk) unchanged; it is
+// audited, logged and returned (wrapping planverify.ErrRootRotation, and
+// sign.ErrRootExpired for an expired final root). The pinned root is thus
+// always one that was in force when it was pinned.
 func (r *Runner) FollowRoots(ctx context.Context, roots [][]byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -198,33 +211,50 @@ func (r *Runner) FollowRoots(ctx context.Context, roots [][]byte) error {
 }
 
 func (r *Runner) followRoots(ctx context.Context, roots [][]byte) error {
+	from := r.v.Root.Version
+	top := from
+	var chain [][]byte
 	for _, env := range roots {
 		claimed, ok := peekRootVersion(env)
-		if ok && claimed <= r.v.Root.Version {
+		if ok && claimed <= top {
 			continue
 		}
-		from := r.v.Root.Version
-		next, err := r.v.FollowRoot(ctx, env)
-		if err != nil {
-			if ctxErr := ctx.Err(); ctxErr != nil {
-				return ctxErr
-			}
-			r.audit(ActionRootFollow, fmt.Sprintf("version %d", claimed), auditlog.OutcomeDenied, map[string]any{
-				"from_version": from, "version": claimed, "error": truncate(err.Error(), maxMessage),
-			})
-			r.log.Warn("trust root rotation refused", "pinned_version", from, "offered_version", claimed, "err", err)
-			return err
+		if ok {
+			top = claimed
 		}
-		if err := r.state.SaveTrustRoot(env); err != nil {
-			r.log.Error("persisting followed trust root failed", "version", next.Version, "err", err)
-			return fmt.Errorf("follow trust root version %d: %w", next.Version, err)
-		}
-		r.v.Root = next
-		r.audit(ActionRootFollow, fmt.Sprintf("version %d", next.Version), auditlog.OutcomeSuccess, map[string]any{
-			"from_version": from, "version": next.Version, "expires": next.Expires.UTC(),
-		})
-		r.log.Info("followed trust root rotation", "from_version", from, "version", next.Version, "expires", next.Expires.UTC())
+		chain = append(chain, env)
 	}
+	if len(chain) == 0 {
+		return nil
+	}
+	followed, err := r.v.FollowRootChain(ctx, chain)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return ctxErr
+		}
+		r.audit(ActionRootFollow, fmt.Sprintf("version %d", top), auditlog.OutcomeDenied, map[string]any{
+			"from_version": from, "version": top, "chain": len(chain), "error": truncate(err.Error(), maxMessage),
+		})
+		r.log.Warn("trust root rotation refused", "pinned_version", from, "offered_version", top, "chain", len(chain), "err", err)
+		return err
+	}
+	final := followed[len(followed)-1]
+	if err := r.state.SaveTrustRoot(chain[len(chain)-1]); err != nil {
+		r.log.Error("persisting followed trust root failed", "version", final.Version, "err", err)
+		return fmt.Errorf("follow trust root version %d: %w", final.Version, err)
+	}
+	r.v.Root = final
+	prev := from
+	now := r.now()
+	for _, root := range followed {
+		detail := map[string]any{"from_version": prev, "version": root.Version, "expires": root.Expires.UTC()}
+		if root != final && !now.Before(root.Expires) {
+			detail["expired_intermediate"] = true
+		}
+		r.audit(ActionRootFollow, fmt.Sprintf("version %d", root.Version), auditlog.OutcomeSuccess, detail)
+		prev = root.Version
+	}
+	r.log.Info("followed trust root rotation", "from_version", from, "version", final.Version, "chain", len(followed), "expires", final.Expires.UTC())
 	return nil
 }
 

@@ -34,7 +34,7 @@ import (
 var (
 	testNow = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
 	selfID  = spiffeid.RequireFromString("spiffe://example.org/tenant/acme/agent/a1")
-	seeds   = map[string]byte{"root1": 1, "root2": 2, "plans1": 3, "plans2": 4, "releases": 5, "stranger": 6}
+	seeds   = map[string]byte{"root1": 1, "root2": 2, "plans1": 3, "plans2": 4, "releases": 5, "stranger": 6, "root3": 7, "plans3": 8}
 )
 
 // key derives a signer from a fixed seed.
@@ -606,6 +606,137 @@ func TestFollowRoots(t *testing.T) {
 			fx.accept(t, p)
 		})
 	}
+}
+
+// TestFollowRootChain: an agent offline across several rotations follows
+// the whole chain, TUF-style: only the final root's expiry counts, and the
+// pinned root changes all at once (to the final root) or not at all.
+func TestFollowRootChain(t *testing.T) {
+	longAgo := testNow.Add(-400 * 24 * time.Hour)
+	// The agent enrolled under v1, which expired while it was offline.
+	envV1 := signRoot(t, makeRoot(1, "root1", "plans1", longAgo), "root1")
+	// v2 rotated root1 → root2 and has expired too; v3 rotated root2 →
+	// root3 and plans2 → plans3, and is in force.
+	envV2 := signRoot(t, makeRoot(2, "root2", "plans2", testNow.Add(-24*time.Hour)), "root1", "root2")
+	envV3 := signRoot(t, makeRoot(3, "root3", "plans3", yearFromNow), "root2", "root3")
+	expiredV3 := signRoot(t, makeRoot(3, "root3", "plans3", testNow.Add(-time.Minute)), "root2", "root3")
+	v3OldKeyOnly := signRoot(t, makeRoot(3, "root3", "plans3", yearFromNow), "root2")
+
+	// unchanged checks that the refused chain left version 1 pinned, in
+	// memory and on disk, and that plans under it are still judged by it.
+	unchanged := func(t *testing.T, fx *fixture) {
+		t.Helper()
+		if _, v := fx.r.HelloState(); v != 1 {
+			t.Fatalf("pinned root version %d after a refused chain", v)
+		}
+		onDisk, _ := os.ReadFile(filepath.Join(fx.state.Dir, svid.TrustRootFile))
+		if !bytes.Equal(onDisk, envV1) || !bytes.Equal(fx.state.TrustRoot, envV1) {
+			t.Fatal("pinned root changed after a refused chain")
+		}
+	}
+
+	t.Run("followed across an expired intermediate", func(t *testing.T) {
+		fx := newFixture(t, envV1)
+		p := testPlan(planID(1), 1)
+		o := offer(t, p, "plans3")
+		// The control plane sends the chain after the version the agent
+		// reported; a stale copy of the pinned root is skipped.
+		o.TrustRoots = [][]byte{envV1, envV2, envV3}
+		fx.r.Offer(context.Background(), o)
+		if rec, _ := fx.j.Get(p.PlanId); rec.State != journal.PlanAccepted {
+			t.Fatalf("plan after following the chain: %+v", rec)
+		}
+		if _, v := fx.r.HelloState(); v != 3 {
+			t.Fatalf("pinned root version %d, want 3", v)
+		}
+		onDisk, err := os.ReadFile(filepath.Join(fx.state.Dir, svid.TrustRootFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(onDisk, envV3) || !bytes.Equal(fx.state.TrustRoot, envV3) {
+			t.Fatal("final root not persisted to trust-root.json and State")
+		}
+		log := fx.auditActions(t)
+		if len(log) != 3 {
+			t.Fatalf("audit %+v", log)
+		}
+		for i, want := range []string{"version 2", "version 3"} {
+			if log[i].Action != ActionRootFollow || log[i].Outcome != auditlog.OutcomeSuccess || log[i].Target != want {
+				t.Fatalf("audit record %d: %+v", i, log[i])
+			}
+		}
+		var d2, d3 map[string]any
+		if json.Unmarshal(log[0].Detail, &d2) != nil || json.Unmarshal(log[1].Detail, &d3) != nil {
+			t.Fatal("audit detail does not decode")
+		}
+		if d2["from_version"] != float64(1) || d2["expired_intermediate"] != true || d3["from_version"] != float64(2) || d3["expired_intermediate"] != nil {
+			t.Fatalf("audit details %v, %v", d2, d3)
+		}
+		if log[2].Action != ActionAccept {
+			t.Fatalf("audit record 2: %+v", log[2])
+		}
+		// The chain, delivered again, is all skipped.
+		if err := fx.r.FollowRoots(context.Background(), [][]byte{envV2, envV3}); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(fx.auditActions(t)); n != 3 {
+			t.Fatalf("following known roots wrote %d audit records", n-3)
+		}
+	})
+
+	for _, tc := range []struct {
+		name    string
+		chain   [][]byte
+		detail  string
+		expired bool
+	}{
+		{"final root expired", [][]byte{envV2, expiredV3}, "final root version 3: trust root expired", true},
+		{"only root expired", [][]byte{envV2}, "trust root expired", true},
+		{"refused link after a good one", [][]byte{envV2, v3OldKeyOnly}, "root 2 of 2, after version 2: root update: new root role", false},
+		{"gap", [][]byte{envV3}, "version 3 does not follow version 1", false},
+	} {
+		t.Run("refused: "+tc.name, func(t *testing.T) {
+			fx := newFixture(t, envV1)
+			err := fx.r.FollowRoots(context.Background(), tc.chain)
+			if !errors.Is(err, planverify.ErrRootRotation) || !strings.Contains(err.Error(), tc.detail) {
+				t.Fatalf("FollowRoots = %v, want ErrRootRotation …%s…", err, tc.detail)
+			}
+			if errors.Is(err, sign.ErrRootExpired) != tc.expired {
+				t.Fatalf("FollowRoots = %v; matches ErrRootExpired: %v, want %v", err, !tc.expired, tc.expired)
+			}
+			if Reason(err) != ReasonRootRotation {
+				t.Fatalf("Reason = %s", Reason(err))
+			}
+			unchanged(t, fx)
+			log := fx.auditActions(t)
+			if len(log) != 1 || log[0].Action != ActionRootFollow || log[0].Outcome != auditlog.OutcomeDenied {
+				t.Fatalf("audit %+v", log)
+			}
+			// A plan offered with the chain is refused for it.
+			p := testPlan(planID(1), 1)
+			o := offer(t, p, "plans3")
+			o.TrustRoots = tc.chain
+			fx.r.Offer(context.Background(), o)
+			if rec, _ := fx.j.Get(p.PlanId); rec.State != journal.PlanRefused || rec.Reason != ReasonRootRotation || !strings.Contains(rec.Message, tc.detail) {
+				t.Fatalf("plan offered with a refused chain: %+v", rec)
+			}
+			unchanged(t, fx)
+		})
+	}
+
+	t.Run("persisting fails: nothing pinned", func(t *testing.T) {
+		fx := newFixture(t, envV1)
+		fx.state.Dir = filepath.Join(fx.state.Dir, "gone")
+		if err := fx.r.FollowRoots(context.Background(), [][]byte{envV2, envV3}); err == nil || !strings.Contains(err.Error(), "follow trust root version 3") {
+			t.Fatalf("FollowRoots = %v", err)
+		}
+		if _, v := fx.r.HelloState(); v != 1 || !bytes.Equal(fx.state.TrustRoot, envV1) {
+			t.Fatalf("pinned root version %d after a failed write", v)
+		}
+		if n := len(fx.auditActions(t)); n != 0 {
+			t.Fatalf("%d audit records for a root not pinned", n)
+		}
+	})
 }
 
 func TestRun(t *testing.T) {

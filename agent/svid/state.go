@@ -132,7 +132,8 @@ func (s *State) Leaf() *x509.Certificate {
 // SaveTrustRoot replaces the pinned trust root with env: it writes
 // trust-root.json atomically with mode 0600 (when the state has a Dir), then
 // sets TrustRoot. The caller must have verified env as the rotation of the
-// current root (planverify.FollowRoot). Not safe for concurrent use with
+// current root (planverify.FollowRoot, or the final root of a chain
+// verified with planverify.FollowRootChain). Not safe for concurrent use with
 // other readers or writers of TrustRoot; the agent's plan runner is its
 // only user after startup.
 func (s *State) SaveTrustRoot(env []byte) error {

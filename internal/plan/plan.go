@@ -86,7 +86,8 @@ func Unmarshal(b []byte) (*planv1.Plan, error) {
 
 // findUnknown returns the path of the first message in p holding unknown
 // fields. It walks the plan's types directly (protoreflect's generic Range
-// costs more than the rest of the decode).
+// costs more than the rest of the decode), and builds the path only for the
+// message it finds.
 func findUnknown(p *planv1.Plan) (string, bool) {
 	if unknown(p) || unknown(p.GetIssuedAt()) || unknown(p.GetExpiresAt()) {
 		return "plan", true
@@ -96,15 +97,15 @@ func findUnknown(p *planv1.Plan) (string, bool) {
 		if unknown(s) {
 			return at(""), true
 		}
-		if path, ok := structUnknown(s.GetParams(), at(".params")); ok {
-			return path, true
+		if path, ok := structUnknown(s.GetParams()); ok {
+			return at(".params" + path), true
 		}
 		if c := s.GetCompensation(); c != nil {
 			if unknown(c) {
 				return at(".compensation"), true
 			}
-			if path, ok := structUnknown(c.GetParams(), at(".compensation.params")); ok {
-				return path, true
+			if path, ok := structUnknown(c.GetParams()); ok {
+				return at(".compensation.params" + path), true
 			}
 		}
 	}
@@ -115,38 +116,40 @@ func unknown(m proto.Message) bool {
 	return m != nil && m.ProtoReflect().IsValid() && len(m.ProtoReflect().GetUnknown()) > 0
 }
 
-func structUnknown(s *structpb.Struct, path string) (string, bool) {
+// structUnknown and valueUnknown return the path, relative to s or v, of
+// the first message below it holding unknown fields.
+func structUnknown(s *structpb.Struct) (string, bool) {
 	if s == nil {
 		return "", false
 	}
 	if unknown(s) {
-		return path, true
+		return "", true
 	}
 	for k, v := range s.GetFields() {
-		if p, ok := valueUnknown(v, path+keyPath(k)); ok {
-			return p, true
+		if p, ok := valueUnknown(v); ok {
+			return keyPath(k) + p, true
 		}
 	}
 	return "", false
 }
 
-func valueUnknown(v *structpb.Value, path string) (string, bool) {
+func valueUnknown(v *structpb.Value) (string, bool) {
 	if v == nil {
 		return "", false
 	}
 	if unknown(v) {
-		return path, true
+		return "", true
 	}
 	switch k := v.GetKind().(type) {
 	case *structpb.Value_StructValue:
-		return structUnknown(k.StructValue, path)
+		return structUnknown(k.StructValue)
 	case *structpb.Value_ListValue:
 		if unknown(k.ListValue) {
-			return path, true
+			return "", true
 		}
 		for i, e := range k.ListValue.GetValues() {
-			if p, ok := valueUnknown(e, fmt.Sprintf("%s[%d]", path, i)); ok {
-				return p, true
+			if p, ok := valueUnknown(e); ok {
+				return fmt.Sprintf("[%d]", i) + p, true
 			}
 		}
 	}

@@ -150,13 +150,12 @@ func stepName(i int, s *planv1.Step) string {
 }
 
 func validateStep(i int, s *planv1.Step, index map[string]int) []error {
-	name := stepName(i, s)
 	if s == nil {
-		return []error{fmt.Errorf("%s: %w", name, errNilStep)}
+		return []error{fmt.Errorf("%s: %w", stepName(i, s), errNilStep)}
 	}
 	var errs []error
 	add := func(format string, args ...any) {
-		errs = append(errs, fmt.Errorf(name+": "+format, args...))
+		errs = append(errs, fmt.Errorf(stepName(i, s)+": "+format, args...))
 	}
 	if s.GetId() == "" {
 		add("id is empty")
@@ -183,7 +182,7 @@ func validateStep(i int, s *planv1.Step, index map[string]int) []error {
 	case !printableNoSpace(r):
 		add("resource %.64q holds whitespace or control characters", r)
 	}
-	if err := checkStruct(s.GetParams(), 1); err != nil {
+	if err := checkParams(s.GetParams()); err != nil {
 		add("params%v", err)
 	}
 	if len(s.GetDependsOn()) > MaxSteps {
@@ -213,7 +212,7 @@ func validateStep(i int, s *planv1.Step, index map[string]int) []error {
 		case !validName(a):
 			add("compensation.action %.64q is not well-formed (want [a-z][a-z0-9._-]*)", a)
 		}
-		if err := checkStruct(c.GetParams(), 1); err != nil {
+		if err := checkParams(c.GetParams()); err != nil {
 			add("compensation.params%v", err)
 		}
 	}
@@ -229,8 +228,56 @@ type pathError struct {
 func (e *pathError) Error() string { return e.path + ": " + e.err.Error() }
 func (e *pathError) Unwrap() error { return e.err }
 
-// checkStruct checks params; the error's text starts with the path below
-// params (".a.b[2]: …").
+// checkParams checks params; the error's text starts with the path below
+// params (".a.b[2]: …"). Valid params (the agent's every plan) are checked
+// in map order without allocating; only invalid ones are walked again in key
+// order, so that the error reported is always the same one.
+func checkParams(s *structpb.Struct) error {
+	if structOK(s, 1) {
+		return nil
+	}
+	return checkStruct(s, 1)
+}
+
+// structOK and valueOK say whether checkStruct and checkValue would return
+// nil, without building paths or sorting keys.
+func structOK(s *structpb.Struct, depth int) bool {
+	if s == nil {
+		return true
+	}
+	if depth > MaxParamsDepth {
+		return false
+	}
+	for _, v := range s.GetFields() {
+		if !valueOK(v, depth+1) {
+			return false
+		}
+	}
+	return true
+}
+
+func valueOK(v *structpb.Value, depth int) bool {
+	if depth > MaxParamsDepth {
+		return false
+	}
+	switch k := v.GetKind().(type) {
+	case nil:
+		return false
+	case *structpb.Value_NumberValue:
+		return !math.IsNaN(k.NumberValue) && !math.IsInf(k.NumberValue, 0)
+	case *structpb.Value_StructValue:
+		return structOK(k.StructValue, depth)
+	case *structpb.Value_ListValue:
+		for _, e := range k.ListValue.GetValues() {
+			if !valueOK(e, depth+1) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// checkStruct checks s, found depth levels below params, in key order.
 func checkStruct(s *structpb.Struct, depth int) error {
 	if s == nil {
 		return nil

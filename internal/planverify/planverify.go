@@ -218,26 +218,61 @@ func (v *Verifier) classify(ctx context.Context, envelope []byte, verr error) er
 // delivered to the agent, if it is the rotation of current: version
 // current+1, same trust domain, signed by current's root threshold and by
 // its own, not expired now. current may have expired. Refusals match
-// ErrRootRotation. A rotation that skips versions must be followed one
-// version at a time.
+// ErrRootRotation (and also sign.ErrRootExpired when next has expired). It
+// is FollowRootChain with a chain of one root; an agent more than one
+// version behind must follow the whole chain with FollowRootChain, so that
+// only the final root's expiry counts.
 func FollowRoot(ctx context.Context, current *sign.Root, next []byte) (*sign.Root, error) {
 	return FollowRootAt(ctx, current, next, time.Now())
 }
 
 // FollowRootAt is FollowRoot at the given time.
 func FollowRootAt(ctx context.Context, current *sign.Root, next []byte, now time.Time) (*sign.Root, error) {
-	r, err := sign.VerifyRootUpdate(ctx, current, next, now)
+	roots, err := FollowRootChainAt(ctx, current, [][]byte{next}, now)
+	if err != nil {
+		return nil, err
+	}
+	return roots[0], nil
+}
+
+// FollowRootChain follows chain, the signed trust roots of versions
+// current+1, current+2, … (oldest first), from current, with TUF's rules
+// (sign.VerifyRootChain): every root must be signed by the root threshold
+// of the one before it and by its own, carry the next version and the same
+// trust domain; expiry is checked only for the final root. An intermediate
+// root that expired while the agent was offline is therefore followed, but
+// a chain whose final root has expired is refused (matching both
+// ErrRootRotation and sign.ErrRootExpired): the root it would reach
+// vouches for no plan. On success it returns the roots of the chain in
+// order; the last one is the agent's new root. Refusals match
+// ErrRootRotation and name the version refused. It changes nothing: the
+// caller persists the final root and pins it only after the whole chain
+// verified. An empty chain returns nil and no error.
+func FollowRootChain(ctx context.Context, current *sign.Root, chain [][]byte) ([]*sign.Root, error) {
+	return FollowRootChainAt(ctx, current, chain, time.Now())
+}
+
+// FollowRootChainAt is FollowRootChain at the given time.
+func FollowRootChainAt(ctx context.Context, current *sign.Root, chain [][]byte, now time.Time) ([]*sign.Root, error) {
+	roots, err := sign.VerifyRootChain(ctx, current, chain, now)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
 		return nil, fmt.Errorf("%w: %w", ErrRootRotation, err)
 	}
-	return r, nil
+	return roots, nil
 }
 
 // FollowRoot is FollowRootAt at v.Now. It does not change v; on success the
 // caller persists the new root and sets v.Root.
 func (v *Verifier) FollowRoot(ctx context.Context, next []byte) (*sign.Root, error) {
 	return FollowRootAt(ctx, v.Root, next, v.now())
+}
+
+// FollowRootChain is FollowRootChainAt from v.Root at v.Now. It does not
+// change v; on success the caller persists the final root and sets v.Root
+// to it.
+func (v *Verifier) FollowRootChain(ctx context.Context, chain [][]byte) ([]*sign.Root, error) {
+	return FollowRootChainAt(ctx, v.Root, chain, v.now())
 }

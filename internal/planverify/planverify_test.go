@@ -358,3 +358,79 @@ func TestFollowRoot(t *testing.T) {
 		}
 	})
 }
+
+func TestFollowRootChain(t *testing.T) {
+	ctx := context.Background()
+	signRoot := func(r *sign.Root, signers ...string) []byte {
+		t.Helper()
+		var ss []*sign.Signer
+		for _, n := range signers {
+			ss = append(ss, key(n))
+		}
+		env, err := sign.SignRoot(ctx, r, ss...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return env
+	}
+	// v1 (root1+root2, threshold 2) → v2 (root3+root4, expired a day ago)
+	// → v3 (root3+root4, plans2, in force): an agent offline across both
+	// rotations meets the expired v2 on its way.
+	v2 := makeRoot(2, 2, "plans", "root3", "root4")
+	v2.Expires = testNow.Add(-24 * time.Hour)
+	envV2 := signRoot(v2, "root1", "root2", "root3", "root4")
+	v3 := makeRoot(3, 2, "plans2", "root3", "root4")
+	envV3 := signRoot(v3, "root3", "root4")
+	expiredV3 := makeRoot(3, 2, "plans2", "root3", "root4")
+	expiredV3.Expires = testNow.Add(-time.Minute)
+	envExpiredV3 := signRoot(expiredV3, "root3", "root4")
+
+	t.Run("followed across an expired intermediate", func(t *testing.T) {
+		v := testVerifier()
+		roots, err := v.FollowRootChain(ctx, [][]byte{envV2, envV3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(roots) != 2 || roots[0].Version != 2 || roots[1].Version != 3 {
+			t.Fatalf("roots %+v", roots)
+		}
+		if v.Root.Version != 1 {
+			t.Fatal("FollowRootChain changed the verifier")
+		}
+		v.Root = roots[1]
+		if _, err := v.Verify(ctx, signPlan(t, testPlan(), "plans2")); err != nil {
+			t.Fatalf("plan under the followed root: %v", err)
+		}
+	})
+	t.Run("the expired intermediate alone is refused", func(t *testing.T) {
+		_, err := FollowRootChainAt(ctx, testRoot(), [][]byte{envV2}, testNow)
+		if !errors.Is(err, ErrRootRotation) || !errors.Is(err, ErrRootExpired) {
+			t.Fatalf("got %v, want ErrRootRotation and ErrRootExpired", err)
+		}
+		// FollowRoot is the chain of one.
+		if _, err := FollowRootAt(ctx, testRoot(), envV2, testNow); !errors.Is(err, ErrRootExpired) {
+			t.Fatalf("FollowRootAt = %v", err)
+		}
+	})
+	t.Run("final root expired", func(t *testing.T) {
+		roots, err := FollowRootChainAt(ctx, testRoot(), [][]byte{envV2, envExpiredV3}, testNow)
+		if roots != nil || !errors.Is(err, ErrRootRotation) || !errors.Is(err, ErrRootExpired) {
+			t.Fatalf("got %v, %v; want ErrRootRotation and ErrRootExpired", roots, err)
+		}
+		if !strings.Contains(err.Error(), "final root version 3") {
+			t.Fatalf("error %q does not name the final root", err)
+		}
+	})
+	t.Run("a refused link refuses the chain", func(t *testing.T) {
+		tooFew := signRoot(v3, "root3") // threshold 2
+		_, err := FollowRootChainAt(ctx, testRoot(), [][]byte{envV2, tooFew}, testNow)
+		if !errors.Is(err, ErrRootRotation) || errors.Is(err, ErrRootExpired) || !strings.Contains(err.Error(), "root 2 of 2") {
+			t.Fatalf("got %v", err)
+		}
+	})
+	t.Run("empty chain", func(t *testing.T) {
+		if roots, err := FollowRootChainAt(ctx, testRoot(), nil, testNow); roots != nil || err != nil {
+			t.Fatalf("got %v, %v", roots, err)
+		}
+	})
+}

@@ -106,8 +106,8 @@ func decodeEnvelope(data []byte) (*dsse.Envelope, []byte, error) {
 	if len(data) > MaxEnvelopeSize {
 		return nil, nil, fmt.Errorf("envelope is %d bytes, limit %d", len(data), MaxEnvelopeSize)
 	}
-	var env dsse.Envelope
-	if err := decodeStrict(data, &env); err != nil {
+	env, err := parseEnvelope(data)
+	if err != nil {
 		return nil, nil, fmt.Errorf("decode envelope: %w", err)
 	}
 	var errs []error

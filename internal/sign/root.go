@@ -184,8 +184,64 @@ func VerifyPinnedRoot(ctx context.Context, envelope []byte) (*Root, error) {
 // VerifyRootUpdate accepts next only if it is signed by prev's root threshold
 // and by next's own root threshold, next.Version == prev.Version+1, the trust
 // domain is unchanged, and next is not expired at now. prev may have expired:
-// rotating away from an expired root is the point.
+// rotating away from an expired root is the point. It is VerifyRootChain
+// with a chain of one root, which is therefore the final root and must be
+// in force.
 func VerifyRootUpdate(ctx context.Context, prev *Root, next []byte, now time.Time) (*Root, error) {
+	r, err := verifyRootStep(ctx, prev, next)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkExpiry(r, now); err != nil {
+		return nil, fmt.Errorf("root update: %w", err)
+	}
+	return r, nil
+}
+
+// VerifyRootChain follows a chain of root rotations from trusted, the way a
+// TUF client updates its root (TUF specification §5.3): chain holds the
+// signed envelopes of versions trusted.Version+1, +2, … oldest first. Every
+// root in it must be signed by the root threshold of the root before it and
+// by its own, carry the next version and keep the trust domain, exactly as
+// VerifyRootUpdate checks one rotation. Expiry is checked only for the final
+// root, at now, after the whole chain verified: an intermediate root that
+// expired while a client was offline is still a valid link (a client that
+// missed two rotations must get through it), but a chain that ends in an
+// expired root is refused (ErrRootExpired), since the root it reaches
+// vouches for nothing. trusted may have expired.
+//
+// It returns the verified roots in chain order (the last one is the new
+// trusted root) or the first refusal, naming the version it happened at.
+// An empty chain returns no roots and no error.
+func VerifyRootChain(ctx context.Context, trusted *Root, chain [][]byte, now time.Time) ([]*Root, error) {
+	if len(chain) == 0 {
+		return nil, ctx.Err()
+	}
+	out := make([]*Root, 0, len(chain))
+	prev := trusted
+	for i, env := range chain {
+		r, err := verifyRootStep(ctx, prev, env)
+		if err != nil {
+			if len(chain) == 1 || ctx.Err() != nil {
+				return nil, err
+			}
+			return nil, fmt.Errorf("root chain: root %d of %d, after version %d: %w", i+1, len(chain), prev.Version, err)
+		}
+		out = append(out, r)
+		prev = r
+	}
+	if err := checkExpiry(prev, now); err != nil {
+		if len(chain) == 1 {
+			return nil, fmt.Errorf("root update: %w", err)
+		}
+		return nil, fmt.Errorf("root chain: final root version %d: %w", prev.Version, err)
+	}
+	return out, nil
+}
+
+// verifyRootStep is one link of a root chain: VerifyRootUpdate without the
+// expiry check.
+func verifyRootStep(ctx context.Context, prev *Root, next []byte) (*Root, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -210,9 +266,6 @@ func VerifyRootUpdate(ctx context.Context, prev *Root, next []byte, now time.Tim
 	}
 	if err := verifyRole(ctx, env, payload, r, RoleRoot, "root update: new"); err != nil {
 		return nil, err
-	}
-	if err := checkExpiry(r, now); err != nil {
-		return nil, fmt.Errorf("root update: %w", err)
 	}
 	return r, nil
 }

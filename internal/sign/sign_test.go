@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -401,6 +402,95 @@ func TestVerifyRootUpdate(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestVerifyRootChain(t *testing.T) {
+	ctx := context.Background()
+	// Three generations of root keys; each rotation is signed by the old
+	// and the new root keys.
+	k1, k2, k3, k4 := newKeyset(t, 1, 1, 1), newKeyset(t, 1, 1, 1), newKeyset(t, 1, 1, 1), newKeyset(t, 1, 1, 1)
+	v1 := k1.build(1, 1, 1)
+	expiresAt := func(r *Root, at time.Time) *Root { r.Expires = at; return r }
+	rotate := func(r *Root, from, to keyset) []byte {
+		return mustSignRoot(t, r, append(append([]*Signer{}, from.root...), to.root...)...)
+	}
+	longAgo := testNow.Add(-400 * 24 * time.Hour)
+	expiredV1 := expiresAt(k1.build(1, 1, 1), longAgo)
+	v2 := rotate(k2.build(2, 1, 1), k1, k2)
+	expiredV2 := rotate(expiresAt(k2.build(2, 1, 1), testNow.Add(-24*time.Hour)), k1, k2)
+	v3 := rotate(k3.build(3, 1, 1), k2, k3)
+	expiredV3 := rotate(expiresAt(k3.build(3, 1, 1), testNow.Add(-time.Second)), k2, k3)
+	v4 := rotate(k4.build(4, 1, 1), k3, k4)
+	v3OldKeysOnly := mustSignRoot(t, k3.build(3, 1, 1), k2.root...)
+
+	tests := []struct {
+		name    string
+		trusted *Root
+		chain   [][]byte
+		want    string // error substring; "" for success
+		version int    // final version on success
+	}{
+		{"one rotation", v1, [][]byte{v2}, "", 2},
+		{"two rotations", v1, [][]byte{v2, v3}, "", 3},
+		{"across an expired intermediate", v1, [][]byte{expiredV2, v3}, "", 3},
+		{"from an expired root across expired intermediates", expiredV1, [][]byte{expiredV2, expiredV3, v4}, "", 4},
+		{"final root expired", v1, [][]byte{v2, expiredV3}, "root chain: final root version 3: trust root expired at", 0},
+		{"only root expired", v1, [][]byte{expiredV2}, "root update: trust root expired at", 0},
+		{"intermediate not signed by its own keys", v1, [][]byte{v2, v3OldKeysOnly, v4}, "root 2 of 3, after version 2: root update: new root role needs 1 signature", 0},
+		{"gap in the chain", v1, [][]byte{v2, v4}, "root 2 of 2, after version 2: root update: version 4 does not follow version 2", 0},
+		{"out of order", v1, [][]byte{v3, v2}, "root 1 of 2, after version 1: root update: version 3 does not follow version 1", 0},
+		{"garbage link", v1, [][]byte{v2, []byte("{")}, "root 2 of 2, after version 2: root update: decode envelope", 0},
+		{"no trusted root", nil, [][]byte{v2}, "no previous root", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := VerifyRootChain(ctx, tt.trusted, tt.chain, testNow)
+			wantErr(t, err, tt.want)
+			if err != nil {
+				if got != nil {
+					t.Fatalf("refused chain returned roots %v", got)
+				}
+				return
+			}
+			if len(got) != len(tt.chain) {
+				t.Fatalf("%d roots for a chain of %d", len(got), len(tt.chain))
+			}
+			for i, r := range got {
+				if r.Version != tt.trusted.Version+1+i {
+					t.Fatalf("root %d has version %d", i, r.Version)
+				}
+			}
+			if final := got[len(got)-1]; final.Version != tt.version {
+				t.Fatalf("final version %d, want %d", final.Version, tt.version)
+			}
+		})
+	}
+	t.Run("expired final root matches ErrRootExpired", func(t *testing.T) {
+		if _, err := VerifyRootChain(ctx, v1, [][]byte{expiredV2, expiredV3}, testNow); !errors.Is(err, ErrRootExpired) {
+			t.Fatalf("got %v, want ErrRootExpired", err)
+		}
+	})
+	t.Run("a chain of one is VerifyRootUpdate", func(t *testing.T) {
+		for _, env := range [][]byte{v2, expiredV2, v3} {
+			_, errUpdate := VerifyRootUpdate(ctx, v1, env, testNow)
+			_, errChain := VerifyRootChain(ctx, v1, [][]byte{env}, testNow)
+			if fmt.Sprint(errUpdate) != fmt.Sprint(errChain) {
+				t.Fatalf("VerifyRootUpdate %v, VerifyRootChain %v", errUpdate, errChain)
+			}
+		}
+	})
+	t.Run("empty chain", func(t *testing.T) {
+		if got, err := VerifyRootChain(ctx, v1, nil, testNow); got != nil || err != nil {
+			t.Fatalf("got %v, %v", got, err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		cancelled, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := VerifyRootChain(cancelled, v1, [][]byte{v2, v3}, testNow); !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v", err)
+		}
+	})
 }
 
 func TestSignVerifyPayload(t *testing.T) {
