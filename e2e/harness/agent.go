@@ -8,13 +8,17 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"attache.dev/attache/agent/agentcli"
+	"attache.dev/attache/agent/journal"
 	"attache.dev/attache/agent/svid"
 	"attache.dev/attache/internal/identity"
+	"attache.dev/attache/internal/sign"
 )
 
 // AgentOptions configures an agent.
@@ -79,8 +83,48 @@ func (a *Agent) Process() *Process { return a.proc }
 // Log is what the agent logged so far.
 func (a *Agent) Log() string { return a.proc.Stderr() }
 
-// Kill kills the agent.
+// Kill kills the agent with SIGKILL (kill -9): no shutdown code runs, as in
+// a crash or an OOM kill.
 func (a *Agent) Kill() { a.proc.Kill() }
+
+// Stop stops the agent with SIGTERM and waits for it to exit.
+func (a *Agent) Stop(t testing.TB) {
+	t.Helper()
+	if !a.proc.Stop(15 * time.Second) {
+		t.Errorf("%s did not exit within 15s of SIGTERM; killed it", a.name)
+	}
+}
+
+// TrustRoot returns the signed trust root the agent pins (trust-root.json in
+// its state directory) and its version.
+func (a *Agent) TrustRoot(t testing.TB) (envelope []byte, version int) {
+	t.Helper()
+	env, err := os.ReadFile(filepath.Join(a.StateDir, svid.TrustRootFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := sign.VerifyPinnedRoot(context.Background(), env)
+	if err != nil {
+		t.Fatalf("%s: %s: %v", a.name, svid.TrustRootFile, err)
+	}
+	return env, r.Version
+}
+
+// Journal opens the agent's plan journal (journal.db in its state
+// directory) to inspect it; the agent must not be running, since it holds
+// the journal's lock. Closed in t.Cleanup.
+func (a *Agent) Journal(t testing.TB) *journal.Journal {
+	t.Helper()
+	if _, exited := a.proc.Exited(); !exited {
+		t.Fatalf("%s is running and holds its journal; stop it first", a.name)
+	}
+	j, err := journal.Open(filepath.Join(a.StateDir, agentcli.JournalFile), journal.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("open %s journal: %v", a.name, err)
+	}
+	t.Cleanup(func() { j.Close() })
+	return j
+}
 
 // Wait waits up to timeout for the agent to exit and returns its exit status
 // and stderr; it fails the test if the agent is still running.
@@ -167,16 +211,25 @@ func writeSecret(path, s string) error {
 // LocalProvider writes an agent config file that pins the attache-provider-local
 // binary the harness built, with its root below the test's directory and the
 // built sampleapp's directory as bin_dir, and returns the config's path and
-// the provider's root.
+// the provider's root. The apps the provider starts outlive it by design
+// (each in its own process group); they are killed in t.Cleanup (StopApps).
 func (e *Env) LocalProvider(t testing.TB) (config, root string) {
 	t.Helper()
-	name := e.name("local")
-	root = filepath.Join(e.dir, name+"-root")
 	bin := e.Bin(LocalProviderBin)
 	sum, err := agentcli.FileSHA256(bin)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e.ProviderConfig(t, bin, sum)
+}
+
+// ProviderConfig is LocalProvider with the provider binary at bin pinned
+// by the sha256 sum (64 hex digits), which need not be bin's.
+func (e *Env) ProviderConfig(t testing.TB, bin, sum string) (config, root string) {
+	t.Helper()
+	name := e.name("local")
+	root = filepath.Join(e.dir, name+"-root")
+	t.Cleanup(func() { StopApps(t, root) })
 	cfg, err := json.Marshal(map[string]any{"providers": []any{map[string]any{
 		"name": "local", "path": bin, "sha256": sum,
 		"config": map[string]string{"root": root, "bin_dir": e.bin},
@@ -189,4 +242,50 @@ func (e *Env) LocalProvider(t testing.TB) (config, root string) {
 		t.Fatal(err)
 	}
 	return config, root
+}
+
+// StopApps kills every process working below root (the local provider
+// starts each app in apps/<tenant> of its root, in its own process group),
+// group and all, and waits until they are gone. Linux only (/proc).
+func StopApps(t testing.TB, root string) {
+	t.Helper()
+	root = filepath.Clean(root)
+	procs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		t.Errorf("StopApps: %v", err)
+		return
+	}
+	var killed []int
+	for _, p := range procs {
+		cwd, err := os.Readlink(filepath.Join(p, "cwd"))
+		if err != nil || (cwd != root && !strings.HasPrefix(cwd, root+string(filepath.Separator))) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(p))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		killed = append(killed, pid)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range killed {
+		for time.Now().Before(deadline) && alive(pid) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }

@@ -1,6 +1,8 @@
 package harness
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -161,4 +163,29 @@ func (p *Process) dumpLogs(t testing.TB) {
 		}
 		t.Logf("---- last %d lines of %s ----\n%s\n---- end of %s ----", len(lines), filepath.Base(f), strings.Join(lines, "\n"), filepath.Base(f))
 	}
+}
+
+// runBin runs bin ARGS… to completion under setpriv --pdeathsig KILL, with
+// the harness's clean environment and cliTimeout, and returns its output
+// and exit status.
+func runBin(t testing.TB, bin string, args ...string) (stdout, stderr string, exitCode int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "setpriv", append([]string{"--pdeathsig", "KILL", "--", bin}, args...)...)
+	cmd.Env = cleanEnv(nil)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("%s %s: no answer within %s", filepath.Base(bin), strings.Join(args, " "), cliTimeout)
+	}
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("%s %s: %v", filepath.Base(bin), strings.Join(args, " "), err)
+		}
+		return out.String(), errb.String(), ee.ExitCode()
+	}
+	return out.String(), errb.String(), 0
 }

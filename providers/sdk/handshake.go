@@ -2,6 +2,9 @@ package sdk
 
 import (
 	"context"
+	"os"
+	"sync/atomic"
+	"time"
 
 	providerv1 "attache.dev/attache/protocol/gen/attache/provider/v1"
 	plugin "github.com/hashicorp/go-plugin"
@@ -64,10 +67,67 @@ func PluginSet() plugin.PluginSet {
 // ends the plugin. Call it from a provider's main after building p; a binary
 // started by hand (without the host's magic cookie) prints a notice and
 // exits with status 1.
+//
+// A plugin does not outlive its host: go-plugin kills its plugins when the
+// host exits, but a host killed outright (kill -9, the OOM killer) runs no
+// cleanup. Serve therefore checks every ParentPollInterval whether the
+// process was re-parented; once it was, it stops serving gracefully — the
+// calls in flight were cancelled when the host's connection went away, and
+// get up to OrphanGrace to finish their cleanup — and the process exits.
 func Serve(p Provider) {
+	var srv atomic.Pointer[grpc.Server]
+	stop := watchParent(os.Getppid, ParentPollInterval, func() {
+		if s := srv.Load(); s != nil {
+			go s.GracefulStop() // Serve returns once it has stopped
+		}
+		time.Sleep(OrphanGrace)
+		os.Exit(1)
+	})
+	defer stop()
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: p}},
-		GRPCServer:      plugin.DefaultGRPCServer,
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			s := plugin.DefaultGRPCServer(opts)
+			srv.Store(s)
+			return s
+		},
 	})
+}
+
+// ParentPollInterval is how often a serving plugin checks that its host is
+// still its parent; OrphanGrace is how long an orphaned plugin lets its
+// cancelled calls clean up before it exits.
+const (
+	ParentPollInterval = time.Second
+	OrphanGrace        = 30 * time.Second
+)
+
+// watchParent calls orphaned, once and on its own goroutine, when getppid
+// no longer returns what it returned at first (the parent died and the
+// process was re-parented). It checks every interval until stop is called.
+func watchParent(getppid func() int, interval time.Duration, orphaned func()) (stop func()) {
+	first := getppid()
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if getppid() != first {
+				orphaned()
+				return
+			}
+		}
+	}()
+	var once atomic.Bool
+	return func() {
+		if once.CompareAndSwap(false, true) {
+			close(done)
+		}
+	}
 }
