@@ -52,6 +52,13 @@ TEST_FLAGS   ?=
 FUZZTIME     ?= 5s
 BENCHTIME    ?= 1s
 LOADGEN_AGENTS ?= 10000
+# Plans the fleet benchmark submits, one per agent (its plans phase).
+LOADGEN_PLANS  ?= 1000
+# Plans the submit-to-applied latency benchmark (./bench) applies, one at a time.
+BENCH_PLANS    ?= 200
+# Packages whose benchmarks report a per-core figure (plan sign and verify):
+# run with -cpu 1, so the garbage collector shares the one core.
+PERCORE_BENCH_PKGS := ./internal/plan ./internal/planverify
 
 # ---- targets ----------------------------------------------------------------
 .PHONY: help
@@ -120,14 +127,17 @@ fuzz: ## Run every Fuzz* target for FUZZTIME (default 5s) each.
 	GO="$(GO)" FUZZTIME="$(FUZZTIME)" scripts/fuzz.sh
 
 .PHONY: demo
-demo: build ## Start a control plane and an agent locally and show the agent connected.
+demo: build ## Local end to end: control plane, two enrolled agents, signed plans (install, upgrade) applied, audit log.
 	scripts/demo.sh
 
 .PHONY: bench
 bench: ## Run the Go benchmarks and print the figures (see docs/BENCHMARKS.md).
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 1 ./...
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 1 \
+		$$($(GO) list ./... | grep -v -x $(addprefix -e attache.dev/attache/,bench $(PERCORE_BENCH_PKGS:./%=%)))
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 1 -cpu 1 $(PERCORE_BENCH_PKGS)
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_PLANS)x -count 1 ./bench/
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./controlplane/cmd/attache-controlplane
-	$(GO) run ./bench/cmd/attache-loadgen --controlplane bin/attache-controlplane --agents $(LOADGEN_AGENTS)
+	$(GO) run ./bench/cmd/attache-loadgen --controlplane bin/attache-controlplane --agents $(LOADGEN_AGENTS) --plans $(LOADGEN_PLANS)
 
 .PHONY: clean
 clean: ## Remove bin/ and demo/ (not the tool cache).

@@ -32,6 +32,7 @@ type Agent struct {
 	f     *Fleet
 	st    *svid.State
 	index int
+	plans *plans // nil: refuses every plan, like an agent without a runner
 
 	lastWelcome atomic.Int64 // unix nanoseconds
 	lastBeat    atomic.Int64 // unix nanoseconds of the last heartbeat sent
@@ -121,9 +122,11 @@ func (a *Agent) run(ctx context.Context) {
 	}
 }
 
-// runOnce is session.Client.runOnce without plan handling: dial over mTLS,
-// Hello, Welcome, a heartbeat at once and then every interval, until the
-// stream breaks. ready (if not nil) is called once Welcome arrived.
+// runOnce is session.Client.runOnce: dial over mTLS, Hello, Welcome (follow
+// its trust roots), a heartbeat at once and then every interval, plan
+// offers handed to the simulated runner and its reports sent and
+// acknowledged, until the stream breaks. ready (if not nil) is called once
+// Welcome arrived.
 func (a *Agent) runOnce(ctx context.Context, ready func()) error {
 	a.f.attempts.Add(1)
 	a.setStage("dialing", nil)
@@ -138,11 +141,15 @@ func (a *Agent) runOnce(ctx context.Context, ready func()) error {
 	if err != nil {
 		return err
 	}
-	if err := stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: &agentv1.Hello{
+	hello := &agentv1.Hello{
 		AgentVersion:      version.Version,
 		CapabilityVersion: version.CapabilityVersion,
 		Inventory:         &agentv1.Inventory{Hostname: fmt.Sprintf("sim-%05d", a.index), Os: runtime.GOOS, Arch: runtime.GOARCH},
-	}}}); err != nil {
+	}
+	if a.plans != nil {
+		hello.LastPlanSequence, hello.TrustRootVersion = a.plans.helloState()
+	}
+	if err := stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: hello}}); err != nil {
 		return streamErr(stream, err)
 	}
 	a.setStage("awaiting welcome", nil)
@@ -157,6 +164,11 @@ func (a *Agent) runOnce(ctx context.Context, ready func()) error {
 	serverInterval := time.Duration(welcome.GetConfig().GetHeartbeatIntervalSeconds()) * time.Second
 	if serverInterval <= 0 {
 		serverInterval = 15 * time.Second
+	}
+	if roots := welcome.GetTrustRoots(); len(roots) > 0 && a.plans != nil {
+		if err := a.plans.followRoots(ctx, roots); err != nil {
+			a.f.recordErr(fmt.Errorf("trust root rotation refused: %w", err))
+		}
 	}
 	a.setStage("connected", nil)
 	a.lastWelcome.Store(time.Now().UnixNano())
@@ -218,6 +230,36 @@ func (a *Agent) runOnce(ctx context.Context, ready func()) error {
 	if err := heartbeat(); err != nil {
 		return err
 	}
+	// Plan reports, as agent/session sends them: the latest status of each
+	// plan whose latest version the control plane has not acknowledged,
+	// each version once per session; inFlight maps a message id to the
+	// report it carried, until its Ack.
+	type sentReport struct {
+		plan    string
+		version uint64
+	}
+	sent := map[string]uint64{}
+	inFlight := map[uint64]sentReport{}
+	report := func() error {
+		if a.plans == nil {
+			return nil
+		}
+		for _, r := range a.plans.unreported() {
+			id := r.Status.GetPlanId()
+			if sent[id] >= r.Version {
+				continue
+			}
+			if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: r.Status}}); err != nil {
+				return err
+			}
+			sent[id] = r.Version
+			inFlight[msgID] = sentReport{plan: id, version: r.Version}
+		}
+		return nil
+	}
+	if err := report(); err != nil {
+		return err
+	}
 	override, changed := a.f.pace.get()
 	interval := serverInterval
 	if override > 0 {
@@ -258,12 +300,34 @@ func (a *Agent) runOnce(ctx context.Context, ready func()) error {
 						timer.Reset(interval)
 					}
 				}
+			case *agentv1.ControlMessage_Ack:
+				if r, ok := inFlight[b.Ack.GetRef()]; ok {
+					delete(inFlight, b.Ack.GetRef())
+					if state := a.plans.acked(r.plan, r.version); state != "" {
+						a.f.planDone(r.plan, state, time.Now())
+					}
+				}
 			case *agentv1.ControlMessage_PlanOffer:
-				if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: &agentv1.PlanStatus{
-					PlanId: b.PlanOffer.GetPlanId(), Sequence: b.PlanOffer.GetSequence(),
-					State: "refused", Message: "simulated agent",
-				}}}); err != nil {
+				a.f.plansOffered.Add(1)
+				if a.plans == nil {
+					if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: &agentv1.PlanStatus{
+						PlanId: b.PlanOffer.GetPlanId(), Sequence: b.PlanOffer.GetSequence(),
+						State: "refused", Reason: "NO_RUNNER", Message: "simulated agent without a plan runner",
+					}}}); err != nil {
+						return err
+					}
+					continue
+				}
+				// The runner journals the plan accepted (reported at
+				// once), then executes it (reported when done).
+				a.plans.offer(ctx, b.PlanOffer)
+				if err := report(); err != nil {
 					return err
+				}
+				if a.plans.run() {
+					if err := report(); err != nil {
+						return err
+					}
 				}
 			}
 		}

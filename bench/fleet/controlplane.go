@@ -151,11 +151,19 @@ func (cp *ControlPlane) Stop(timeout time.Duration) (time.Duration, error) {
 // API returns an ops API client authenticated with the admin token,
 // trusting the control plane's CA (DATA/ca.crt).
 func (cp *ControlPlane) API() (*apiclient.Client, error) {
-	tok, err := os.ReadFile(filepath.Join(cp.cfg.DataDir, "admin.token"))
+	return APIClient(cp.cfg.DataDir, cp.cfg.APIAddr)
+}
+
+// APIClient returns an ops API client for the control plane whose data
+// directory is dataDir and whose API listens on apiAddr (host:port),
+// authenticated with the first admin token (DATA/admin.token) and trusting
+// the control plane's CA (DATA/ca.crt).
+func APIClient(dataDir, apiAddr string) (*apiclient.Client, error) {
+	tok, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
 	if err != nil {
 		return nil, err
 	}
-	caPEM, err := os.ReadFile(filepath.Join(cp.cfg.DataDir, "ca.crt"))
+	caPEM, err := os.ReadFile(filepath.Join(dataDir, "ca.crt"))
 	if err != nil {
 		return nil, err
 	}
@@ -171,5 +179,5 @@ func (cp *ControlPlane) API() (*apiclient.Client, error) {
 			IdleConnTimeout:     30 * time.Second,
 		},
 	}
-	return apiclient.New("https://"+cp.cfg.APIAddr, strings.TrimSpace(string(tok)), hc), nil
+	return apiclient.New("https://"+apiAddr, strings.TrimSpace(string(tok)), hc), nil
 }

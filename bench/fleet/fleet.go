@@ -5,13 +5,18 @@
 // protocol (kept in memory rather than in a state directory) and holds a
 // session the way agent/session does: its own gRPC ClientConn over mTLS with
 // its SVID, Hello, Welcome, heartbeats, and reconnection with
-// session.Backoff after the stream breaks.
+// session.Backoff after the stream breaks. It takes plan offers the way
+// agent/planrun does, verifying each with internal/planverify against the
+// trust root it pinned at enrollment, and reports them accepted and then
+// succeeded without running any provider, with the session's reporting and
+// acknowledgement protocol.
 //
 // Only bench packages import fleet.
 package fleet
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -39,15 +44,28 @@ type Fleet struct {
 
 	errMu sync.Mutex
 	errs  map[string]int
+
+	plansOffered atomic.Int64 // plan offers received
+	plansDone    atomic.Int64 // plans whose final report was acknowledged
+	planMu       sync.Mutex
+	planResults  map[string]PlanResult // by plan ID
 }
 
 // New returns a fleet of one agent per state. openConcurrency bounds the
-// first connections in flight.
+// first connections in flight. Each agent loads the trust root pinned in
+// its state (verifying its signatures) to verify the plans it is offered;
+// an agent whose root does not load refuses every plan, and the error is
+// counted in Errors.
 func New(states []*svid.State, openConcurrency int) *Fleet {
-	f := &Fleet{gate: make(chan struct{}, max(openConcurrency, 1)), errs: map[string]int{}}
+	f := &Fleet{gate: make(chan struct{}, max(openConcurrency, 1)), errs: map[string]int{}, planResults: map[string]PlanResult{}}
 	f.pace.changed = make(chan struct{})
 	for i, st := range states {
-		f.agents = append(f.agents, &Agent{f: f, st: st, index: i})
+		a := &Agent{f: f, st: st, index: i}
+		var err error
+		if a.plans, err = newPlans(st); err != nil {
+			f.recordErr(fmt.Errorf("plan runner: %w", err))
+		}
+		f.agents = append(f.agents, a)
 	}
 	return f
 }

@@ -7,6 +7,7 @@
 //	enroll      join tokens minted per second, enrollments per second
 //	sessions    idle sessions held and the control plane's RSS per session
 //	heartbeats  heartbeats processed per second and the control plane's CPU
+//	plans       signed plans applied per second, one per agent for --plans agents
 //	restart     time for every agent to be back after a control-plane restart
 //
 // and prints a summary for docs/BENCHMARKS.md.
@@ -45,6 +46,8 @@ type options struct {
 	store           string
 	heartbeatRate   float64
 	duration        time.Duration
+	plans           int
+	planConcurrency int
 	phases          map[string]bool
 	settle          time.Duration
 	timeout         time.Duration
@@ -67,7 +70,7 @@ func (e *envList) Set(s string) error {
 	return nil
 }
 
-var allPhases = []string{"enroll", "sessions", "heartbeats", "restart"}
+var allPhases = []string{"enroll", "sessions", "heartbeats", "plans", "restart"}
 
 func main() {
 	var o options
@@ -80,6 +83,8 @@ func main() {
 	flag.StringVar(&o.store, "store", "", "control plane --store: a PostgreSQL URL (default: SQLite in the temporary data dir)")
 	flag.Float64Var(&o.heartbeatRate, "heartbeat-rate", 20000, "fleet-wide heartbeats per second in the heartbeats phase")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "length of the heartbeats phase")
+	flag.IntVar(&o.plans, "plans", 1000, "plans phase: this many agents (at most --agents) get one no-op plan each, all submitted at once")
+	flag.IntVar(&o.planConcurrency, "plan-concurrency", 32, "plans phase: plan submissions (ops API calls) in flight at once")
 	flag.StringVar(&phases, "phases", strings.Join(allPhases, ","), "phases to run, from "+strings.Join(allPhases, ","))
 	flag.DurationVar(&o.settle, "settle", 10*time.Second, "wait before reading the control plane's RSS")
 	flag.DurationVar(&o.timeout, "timeout", 3*time.Minute, "bound on every wait (start-up, sessions, reconnection)")
@@ -97,8 +102,8 @@ func main() {
 		}
 		o.phases[p] = true
 	}
-	if o.agents < 1 || o.concurrency < 1 || o.mintConcurrency < 1 || o.heartbeatRate <= 0 || o.duration <= 0 {
-		fmt.Fprintln(os.Stderr, "attache-loadgen: --agents, --concurrency, --mint-concurrency, --heartbeat-rate and --duration must be positive")
+	if o.agents < 1 || o.concurrency < 1 || o.mintConcurrency < 1 || o.heartbeatRate <= 0 || o.duration <= 0 || o.plans < 1 || o.planConcurrency < 1 {
+		fmt.Fprintln(os.Stderr, "attache-loadgen: --agents, --concurrency, --mint-concurrency, --heartbeat-rate, --duration, --plans and --plan-concurrency must be positive")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -129,6 +134,7 @@ type results struct {
 	reconnP50, reconnP90, reconnP99, reconnAll time.Duration
 	reconnMissing                              int
 	reconnAPIConnected                         int
+	plans                                      planResults
 	ran                                        map[string]bool
 }
 
@@ -199,7 +205,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	if !o.phases["sessions"] && !o.phases["heartbeats"] && !o.phases["restart"] {
+	if !o.phases["sessions"] && !o.phases["heartbeats"] && !o.phases["plans"] && !o.phases["restart"] {
 		summary(o, machine, res)
 		return nil
 	}
@@ -260,6 +266,13 @@ func run(ctx context.Context, o options) error {
 	// ---- heartbeats -----------------------------------------------------
 	if o.phases["heartbeats"] {
 		if err := heartbeats(ctx, api, cp, f, tenant, o, &res); err != nil {
+			return err
+		}
+	}
+
+	// ---- plans ----------------------------------------------------------
+	if o.phases["plans"] {
+		if err := plansPhase(ctx, api, cp, f, tenant, o, &res); err != nil {
 			return err
 		}
 	}
@@ -429,6 +442,144 @@ func heartbeats(ctx context.Context, api *apiclient.Client, cp *fleet.ControlPla
 	}
 }
 
+// noopPlanYAML is the plans phase's plan: one step for the local provider,
+// which a simulated agent does not run (it reports the step succeeded).
+const noopPlanYAML = `version: 1
+expires_in: 1h
+steps:
+  - id: provision
+    provider: local
+    action: tenant.provision
+    resource: tenant
+`
+
+// planResults are the plans phase's figures.
+type planResults struct {
+	n, succeeded, refused, missing, apiSucceeded int
+	total, submitTime                            time.Duration
+	rate, submitRate                             float64
+	p50, p99, max                                time.Duration
+	load                                         load
+}
+
+// plansPhase submits one no-op plan to each of the first --plans agents
+// through the ops API (--plan-concurrency in flight) and waits until every
+// agent has reported its plan succeeded and the control plane acknowledged
+// (stored) that report. Each agent verifies its plan's signature and
+// binding with planverify before accepting it. Plans per second = plans /
+// (last acknowledgement − first submission).
+func plansPhase(ctx context.Context, api *apiclient.Client, cp *fleet.ControlPlane, f *fleet.Fleet, tenant string, o options, res *results) error {
+	agents := f.Agents()[:min(o.plans, len(f.Agents()))]
+	n := len(agents)
+	logf("plans: submitting one no-op plan to each of %d agents, %d submissions in flight", n, o.planConcurrency)
+	type submission struct {
+		id    string
+		start time.Time
+	}
+	subs := make([]submission, n)
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	meter := startMeter(cp.PID())
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for range o.planConcurrency {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || sctx.Err() != nil {
+					return
+				}
+				start := time.Now()
+				p, err := api.SubmitPlan(sctx, apiclient.SubmitPlanRequest{Tenant: tenant, Agent: agentID(agents[i].State()), YAML: noopPlanYAML})
+				if err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("submit plan: %w", err); cancel() })
+					return
+				}
+				subs[i] = submission{id: p.ID, start: start}
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	pr := &res.plans
+	pr.n = n
+	pr.submitTime = time.Since(t0)
+	pr.submitRate = float64(n) / pr.submitTime.Seconds()
+	logf("plans: %d submitted in %s (%.0f/s)", n, pr.submitTime.Round(time.Millisecond), pr.submitRate)
+
+	var done map[string]fleet.PlanResult
+	count := func() int {
+		done = f.PlanResults()
+		k := 0
+		for _, s := range subs {
+			if _, ok := done[s.id]; ok {
+				k++
+			}
+		}
+		return k
+	}
+	err := until(ctx, o.timeout, func() bool { return count() == n }, func() {
+		logf("  plans done: %d/%d (%d offers received)", count(), n, f.PlansOffered())
+	})
+	pr.load = meter.stop()
+	var last time.Time
+	var lat []time.Duration
+	for _, s := range subs {
+		r, ok := done[s.id]
+		if !ok {
+			pr.missing++
+			continue
+		}
+		if r.State == "succeeded" {
+			pr.succeeded++
+		} else {
+			pr.refused++
+		}
+		if r.At.After(last) {
+			last = r.At
+		}
+		lat = append(lat, r.At.Sub(s.start))
+	}
+	if err != nil {
+		return fmt.Errorf("plans: %d/%d done: %w", n-pr.missing, n, err)
+	}
+	pr.total = last.Sub(t0)
+	pr.rate = float64(n) / pr.total.Seconds()
+	slices.Sort(lat)
+	pr.p50, pr.p99, pr.max = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
+	logf("plans: %d applied in %s: %.0f/s (%d succeeded, %d refused); submit-to-applied p50 %s p99 %s max %s; %s",
+		n, pr.total.Round(time.Millisecond), pr.rate, pr.succeeded, pr.refused, pr.p50.Round(time.Millisecond), pr.p99.Round(time.Millisecond), pr.max.Round(time.Millisecond), pr.load)
+
+	// What the agents saw acknowledged, the ops API must report.
+	var ok atomic.Int64
+	next.Store(0)
+	for range o.planConcurrency {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if p, err := api.GetPlan(ctx, subs[i].id); err == nil && p.State == "succeeded" {
+					ok.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	pr.apiSucceeded = int(ok.Load())
+	logf("plans: ops API reports %d/%d succeeded", pr.apiSucceeded, n)
+	if pr.refused > 0 || pr.apiSucceeded != n {
+		return fmt.Errorf("plans: %d refused by the agents, %d/%d succeeded according to the ops API", pr.refused, pr.apiSucceeded, n)
+	}
+	return nil
+}
+
 func restart(ctx context.Context, cp *fleet.ControlPlane, cfg fleet.ControlPlaneConfig, f *fleet.Fleet, tenant string, o options, res *results) (*fleet.ControlPlane, error) {
 	n := len(f.Agents())
 	logf("restart: SIGTERM to the control plane with %d sessions open", f.Connected())
@@ -577,6 +728,12 @@ func summary(o options, m fleet.Machine, r results) {
 	if r.ran["heartbeats"] && r.hbSentRate > 0 {
 		p("| heartbeats processed | ≥ 20,000/s | %.0f/s for %s (1 every %s per agent); %s; last_seen_at advanced for %d/%d, %d not stored, send-to-store lag p99 %s max %s |",
 			r.hbSentRate, o.duration, r.hbInterval, r.hbLoad, r.hbAdvanced, r.sessions, r.hbBehind, r.hbLagP99.Round(time.Millisecond), r.hbLagMax.Round(time.Millisecond))
+	}
+	if r.ran["plans"] && r.plans.n > 0 {
+		pr := r.plans
+		p("| signed plans applied, one per agent, all submitted at once (%d submissions in flight) | — | %.0f/s (%d plans on %d agents in %s: first submit to last succeeded report stored; %d succeeded, %d refused, %d not done; ops API confirms %d succeeded); submissions %.0f/s; submit-to-applied p50 %s p99 %s max %s; %s |",
+			o.planConcurrency, pr.rate, pr.n, pr.n, pr.total.Round(time.Millisecond), pr.succeeded, pr.refused, pr.missing, pr.apiSucceeded, pr.submitRate,
+			pr.p50.Round(time.Millisecond), pr.p99.Round(time.Millisecond), pr.max.Round(time.Millisecond), pr.load)
 	}
 	if r.ran["restart"] && r.reconnAll > 0 {
 		p("| all agents back after a control-plane restart | ≤ 15 s | %s from SIGTERM (p50 %s, p90 %s, p99 %s; %d missing); CP exit %s, start %s; storm: %s |",
