@@ -23,12 +23,14 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"attache.dev/attache/agent/journal"
 	"attache.dev/attache/agent/session"
 	"attache.dev/attache/agent/svid"
 	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/internal/grpcx"
 	"attache.dev/attache/internal/identity"
 	"attache.dev/attache/internal/plan"
 	"attache.dev/attache/internal/planverify"
@@ -91,6 +93,19 @@ const (
 
 // maxMessage bounds the refusal message journaled and reported.
 const maxMessage = 2048
+
+// maxStatusBytes bounds the encoded PlanStatus StatusOf returns. The session
+// sends it in one message, which gRPC refuses beyond grpcx.MaxRecvMsgSize,
+// ending the stream; as the agent sends the same status first thing on every
+// new session, an oversized status would cut the agent off for good. The
+// journal's own bounds (executor.MaxMessageBytes, MaxChanges,
+// MaxChangeFieldBytes, plan.MaxSteps) allow far more than that in total.
+// The rest of the message limit is headroom for the AgentMessage around it.
+const maxStatusBytes = grpcx.MaxRecvMsgSize - 512<<10
+
+// fittedMessage is what each step message is cut to when a status still
+// does not fit maxStatusBytes once the per-change detail has gone.
+const fittedMessage = 256
 
 // Retry backoff after a failed Execute.
 const (
@@ -565,7 +580,32 @@ func StatusOf(rec journal.PlanRecord, ownTenant string) *agentv1.PlanStatus {
 		}
 		st.Steps = append(st.Steps, ss)
 	}
+	fitStatus(st)
 	return st
+}
+
+// fitStatus makes st encode in at most maxStatusBytes, dropping detail in
+// order of least value: first each step's list of changes (replaced by one
+// entry saying how many were left out), then the length of the step
+// messages. Every step and its state are kept. A status that fits is left
+// untouched.
+func fitStatus(st *agentv1.PlanStatus) {
+	if proto.Size(st) <= maxStatusBytes {
+		return
+	}
+	for _, s := range st.Steps {
+		if n := len(s.Changes); n > 0 {
+			s.Changes = []*agentv1.StepChange{{Resource: "…", Operation: "noop",
+				Summary: fmt.Sprintf("%d changes not reported: the plan's status would exceed %d bytes", n, maxStatusBytes)}}
+		}
+	}
+	if proto.Size(st) <= maxStatusBytes {
+		return
+	}
+	for _, s := range st.Steps {
+		s.Message = truncate(s.Message, fittedMessage)
+		s.CompensationMessage = truncate(s.CompensationMessage, fittedMessage)
+	}
 }
 
 func utf(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }

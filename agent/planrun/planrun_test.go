@@ -24,6 +24,7 @@ import (
 	"attache.dev/attache/agent/journal"
 	"attache.dev/attache/agent/svid"
 	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/internal/grpcx"
 	"attache.dev/attache/internal/plan"
 	"attache.dev/attache/internal/planverify"
 	"attache.dev/attache/internal/sign"
@@ -915,6 +916,45 @@ func TestStatusOf(t *testing.T) {
 	refused := StatusOf(journal.PlanRecord{ID: "p2", Tenant: "beta", State: journal.PlanRefused, Reason: "WRONG_TENANT", Message: "no"}, "acme")
 	if refused.GetReason() != "WRONG_TENANT" || refused.GetTenant() != "acme" || refused.GetState() != "refused" || len(refused.GetSteps()) != 0 {
 		t.Fatalf("refused status %v", refused)
+	}
+}
+
+// TestStatusOfFitsOneMessage: however much the journal holds within its own
+// bounds, the status fits one session message; otherwise gRPC ends the
+// stream on Send and the agent, sending the same status first on every new
+// session, would never get through again.
+func TestStatusOfFitsOneMessage(t *testing.T) {
+	long := strings.Repeat("x", 512)
+	manyChanges := journal.PlanRecord{ID: "p1", Sequence: 1, State: journal.PlanRunning}
+	for i := range 100 {
+		st := journal.StepRecord{ID: fmt.Sprintf("s%d", i), State: journal.StepSucceeded, Message: "ok"}
+		for range 256 {
+			st.Changes = append(st.Changes, journal.Change{Resource: long, Operation: "create", Summary: long})
+		}
+		manyChanges.Steps = append(manyChanges.Steps, st)
+	}
+	longMessages := journal.PlanRecord{ID: "p2", Sequence: 2, State: journal.PlanFailed}
+	for i := range plan.MaxSteps {
+		longMessages.Steps = append(longMessages.Steps, journal.StepRecord{ID: fmt.Sprintf("s%d", i), State: journal.StepSucceeded,
+			Message: strings.Repeat("m", 4<<10), CompensationState: journal.CompensationFailed, CompensationMessage: strings.Repeat("c", 4<<10)})
+	}
+	for _, rec := range []journal.PlanRecord{manyChanges, longMessages} {
+		st := StatusOf(rec, "acme")
+		msg := &agentv1.AgentMessage{Id: 1 << 62, Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: st}}
+		if n := proto.Size(msg); n > grpcx.MaxRecvMsgSize {
+			t.Fatalf("plan %s: status message is %d bytes, limit %d", rec.ID, n, grpcx.MaxRecvMsgSize)
+		}
+		if len(st.GetSteps()) != len(rec.Steps) {
+			t.Fatalf("plan %s: %d steps reported, want %d", rec.ID, len(st.GetSteps()), len(rec.Steps))
+		}
+		for i, s := range st.GetSteps() {
+			if s.GetStepId() != rec.Steps[i].ID || s.GetState() != rec.Steps[i].State {
+				t.Fatalf("plan %s: step %d reported as %s %s", rec.ID, i, s.GetStepId(), s.GetState())
+			}
+		}
+	}
+	if c := StatusOf(manyChanges, "acme").GetSteps()[0].GetChanges(); len(c) != 1 || !strings.Contains(c[0].GetSummary(), "256 changes not reported") {
+		t.Fatalf("changes of a status that did not fit: %v", c)
 	}
 }
 

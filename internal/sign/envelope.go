@@ -118,13 +118,18 @@ func decodeEnvelope(data []byte) (*dsse.Envelope, []byte, error) {
 	if err != nil {
 		errs = append(errs, errors.New("payload is not valid base64"))
 	}
-	switch n := len(env.Signatures); {
+	sigs := env.Signatures
+	switch n := len(sigs); {
 	case n == 0:
 		errs = append(errs, errors.New("envelope has no signatures"))
 	case n > maxSignatures:
 		errs = append(errs, fmt.Errorf("envelope has %d signatures, limit %d", n, maxSignatures))
+		// Refused anyway: do not build (and have callers log) one error
+		// per signature, which a 1 MiB envelope can make hundreds of
+		// thousands of.
+		sigs = nil
 	}
-	for i, s := range env.Signatures {
+	for i, s := range sigs {
 		if len(s.KeyID) > maxKeyIDLen {
 			errs = append(errs, fmt.Errorf("signature %d: keyid is longer than %d bytes", i, maxKeyIDLen))
 		}

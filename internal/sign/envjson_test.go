@@ -114,3 +114,22 @@ func FuzzParseEnvelope(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeEnvelopeManySignaturesErrorBounded: an envelope with far more
+// signatures than allowed is refused with one short error, not one error per
+// signature (which the agent would log whole for every such offer).
+func TestDecodeEnvelopeManySignaturesErrorBounded(t *testing.T) {
+	sig := `{"keyid":"k","sig":"!"},`
+	n := (MaxEnvelopeSize - 100) / len(sig)
+	env := `{"payloadType":"t","payload":"cA==","signatures":[` + strings.Repeat(sig, n-1) + strings.TrimSuffix(sig, ",") + `]}`
+	_, _, err := decodeEnvelope([]byte(env))
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	if !strings.Contains(err.Error(), "limit 32") {
+		t.Fatalf("error %q does not give the limit", err)
+	}
+	if len(err.Error()) > 1024 {
+		t.Fatalf("error is %d bytes for %d signatures", len(err.Error()), n)
+	}
+}
