@@ -485,3 +485,24 @@ func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// TestPlanJournalLost: the journal holds the agent's replay protection (the
+// last accepted sequence), so an enrolled agent whose journal is gone does
+// not start until the operator says --new-journal; with it, the agent starts
+// and applies new plans.
+func TestPlanJournalLost(t *testing.T) {
+	t.Parallel()
+	w := newPlanWorld(t)
+	w.submit(t, planYAML(provisionStep("provision", "config/a.env", "A=1\n")))
+	w.agent.Stop(t)
+	if err := os.Remove(filepath.Join(w.agent.StateDir, "journal.db")); err != nil {
+		t.Fatal(err)
+	}
+	a := w.env.StartAgent(t, harness.AgentOptions{StateDir: w.agent.StateDir, Config: w.config})
+	code, stderr := a.Wait(t, 20*time.Second)
+	if code == 0 || !strings.Contains(stderr, "no plan journal") || !strings.Contains(stderr, "--new-journal") {
+		t.Fatalf("agent without its journal: exit %d, stderr:\n%s", code, stderr)
+	}
+	w.agent = w.env.StartAgent(t, harness.AgentOptions{StateDir: w.agent.StateDir, Config: w.config, Args: []string{"--new-journal"}})
+	w.submit(t, planYAML(provisionStep("provision", "config/b.env", "B=1\n")))
+}

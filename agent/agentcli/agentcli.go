@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -29,6 +30,7 @@ import (
 	"attache.dev/attache/agent/svid"
 	"attache.dev/attache/internal/identity"
 	"attache.dev/attache/internal/logging"
+	"attache.dev/attache/internal/securefile"
 	"attache.dev/attache/internal/version"
 	agentv1 "attache.dev/attache/protocol/gen/attache/agent/v1"
 	providerv1 "attache.dev/attache/protocol/gen/attache/provider/v1"
@@ -54,6 +56,7 @@ func newRunCommand(stderr io.Writer) *cobra.Command {
 	var (
 		stateDir, token, tokenFile, logLevel, logFormat, configPath string
 		backoffMax                                                  time.Duration
+		newJournal                                                  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -116,7 +119,7 @@ journal while the agent is stopped.`,
 			if err := catalog.CheckBinaries(cfg.Providers); err != nil {
 				return fmt.Errorf("config %s: %w", configPath, err)
 			}
-			return run(cmd.Context(), logger, stateDir, token, backoffMax, cfg)
+			return run(cmd.Context(), logger, stateDir, token, backoffMax, cfg, newJournal)
 		},
 	}
 	f := cmd.Flags()
@@ -126,6 +129,7 @@ journal while the agent is stopped.`,
 	f.StringVar(&tokenFile, "token-file", "", "file holding the join token")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	f.BoolVar(&newJournal, "new-journal", false, "start a new, empty plan journal for an enrolled agent whose journal.db is lost (resets replay protection)")
 	f.DurationVar(&backoffMax, "reconnect-max-delay", 10*time.Second, "upper bound of the jittered reconnect delay")
 	_ = cmd.MarkFlagRequired("state-dir")
 	return cmd
@@ -143,12 +147,27 @@ type ExitError struct {
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
-func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backoffMax time.Duration, cfg *Config) error {
+func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backoffMax time.Duration, cfg *Config, newJournal bool) error {
+	journalPath := filepath.Join(stateDir, JournalFile)
+	var jr *journal.Journal
+	defer func() {
+		if jr != nil {
+			jr.Close()
+		}
+	}()
 	st, err := svid.Load(stateDir)
 	switch {
 	case errors.Is(err, svid.ErrNotEnrolled):
 		if token == "" {
 			return fmt.Errorf("%s holds no identity yet: pass a join token with --token (create one with `attache token create --tenant T`)", stateDir)
+		}
+		// The journal exists before the identity does, so an enrolled
+		// agent without one was tampered with or restored incompletely.
+		if err := securefile.MkdirAll(stateDir); err != nil {
+			return err
+		}
+		if jr, err = journal.Open(journalPath, journal.Options{}); err != nil {
+			return err
 		}
 		logger.Info("enrolling")
 		st, err = svid.Enroll(ctx, stateDir, token)
@@ -167,11 +186,17 @@ func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backo
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	jr, err := journal.Open(filepath.Join(stateDir, JournalFile), journal.Options{})
-	if err != nil {
-		return err
+	if jr == nil {
+		// The journal holds the last accepted plan sequence, the agent's
+		// replay protection: a missing one would accept any older plan
+		// still within its lifetime. Starting afresh takes a decision.
+		if _, err := os.Stat(journalPath); errors.Is(err, fs.ErrNotExist) && !newJournal {
+			return fmt.Errorf("%s is enrolled but has no plan journal (%s): it holds the agent's replay protection, so the agent will not start without it; restore it from the backup of this state directory, or pass --new-journal to start a new one (plans already applied may then be offered again and are refused only if expired)", stateDir, JournalFile)
+		}
+		if jr, err = journal.Open(journalPath, journal.Options{}); err != nil {
+			return err
+		}
 	}
-	defer jr.Close()
 	cat, err := loadProviders(ctx, logger, st.ID, cfg.Providers)
 	if err != nil {
 		return err

@@ -303,7 +303,13 @@ func peekRootVersion(env []byte) (int, bool) {
 // offer's trust roots are followed, the envelope verified and the plan
 // journaled as accepted (advancing LastSequence and waking Run) or refused
 // with its reason; either way an audit record is written.
-func (r *Runner) Offer(ctx context.Context, o *agentv1.PlanOffer) {
+//
+// A failure that is the agent's own and may pass (the journal or the trust
+// root file cannot be written, an unclassified verification error) refuses
+// nothing: the offer stays unacknowledged and Offer returns the error, so
+// the session reconnects and the control plane offers the plan again, with
+// the trust roots the agent still lacks.
+func (r *Runner) Offer(ctx context.Context, o *agentv1.PlanOffer) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	id := o.GetPlanId()
@@ -312,34 +318,32 @@ func (r *Runner) Offer(ctx context.Context, o *agentv1.PlanOffer) {
 		switch {
 		case err == nil:
 			r.log.Info("plan offered again; reporting its status again", "plan", id)
-			return
+			return nil
 		case !errors.Is(err, journal.ErrNotFound):
 			r.log.Error("journal lookup of offered plan failed", "plan", truncate(id, 256), "err", err)
-			return
+			return fmt.Errorf("plan %.256q: journal: %w", id, err)
 		}
 	}
 	if err := r.followRoots(ctx, o.GetTrustRoots()); err != nil {
-		if ctx.Err() == nil {
-			r.refuse(o, err)
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		return
+		return r.refuse(o, err)
 	}
 	p, err := r.v.Verify(ctx, o.GetEnvelope())
 	if err != nil {
-		if ctx.Err() == nil {
-			r.refuse(o, err)
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		return
+		return r.refuse(o, err)
 	}
 	if p.GetPlanId() != id || p.GetSequence() != o.GetSequence() {
-		r.refuse(o, fmt.Errorf("%w: the offer names plan %.256q sequence %d, the signed plan is %q sequence %d",
+		return r.refuse(o, fmt.Errorf("%w: the offer names plan %.256q sequence %d, the signed plan is %q sequence %d",
 			planverify.ErrInvalid, id, o.GetSequence(), p.GetPlanId(), p.GetSequence()))
-		return
 	}
 	ordered, err := plan.Order(p)
 	if err != nil { // Verify validated the plan; defensive.
-		r.refuse(o, fmt.Errorf("%w: %v", planverify.ErrInvalid, err))
-		return
+		return r.refuse(o, fmt.Errorf("%w: %v", planverify.ErrInvalid, err))
 	}
 	steps := make([]journal.StepRecord, len(ordered))
 	for i, s := range ordered {
@@ -354,13 +358,12 @@ func (r *Runner) Offer(ctx context.Context, o *agentv1.PlanOffer) {
 	})
 	if err != nil {
 		if errors.Is(err, journal.ErrReplay) {
-			r.refuse(o, err)
-			return
+			return r.refuse(o, err)
 		}
 		// Not journaled, not acknowledged: the control plane offers it
 		// again on the next session.
 		r.log.Error("journaling accepted plan failed", "plan", id, "err", err)
-		return
+		return fmt.Errorf("plan %s: journal: %w", id, err)
 	}
 	r.v.LastSequence = p.GetSequence()
 	r.audit(ActionAccept, id, auditlog.OutcomeSuccess, map[string]any{
@@ -371,13 +374,20 @@ func (r *Runner) Offer(ctx context.Context, o *agentv1.PlanOffer) {
 	case r.wake <- struct{}{}:
 	default:
 	}
+	return nil
 }
 
-// refuse journals and audits the refusal of an offer.
-func (r *Runner) refuse(o *agentv1.PlanOffer, cause error) {
+// refuse journals and audits the refusal of an offer. A cause that is not
+// a reason to refuse the plan (ReasonInternal: the agent's own failure) is
+// returned instead, and nothing is journaled.
+func (r *Runner) refuse(o *agentv1.PlanOffer, cause error) error {
 	reason := Reason(cause)
-	msg := truncate(utf(cause.Error()), maxMessage)
 	id := o.GetPlanId()
+	if reason == ReasonInternal {
+		r.log.Error("cannot handle plan offer now; it stays unacknowledged and will be offered again", "plan", truncate(id, 256), "err", cause)
+		return fmt.Errorf("plan %.256q: %w", id, cause)
+	}
+	msg := truncate(utf(cause.Error()), maxMessage)
 	if _, err := r.journal.Refuse(journal.PlanRecord{
 		ID: id, Sequence: o.GetSequence(), Tenant: r.tenant, Reason: reason, Message: msg, ReceivedAt: r.now(),
 	}); err != nil {
@@ -387,6 +397,7 @@ func (r *Runner) refuse(o *agentv1.PlanOffer, cause error) {
 		"sequence": o.GetSequence(), "reason": reason, "message": msg,
 	})
 	r.log.Warn("plan refused", "plan", truncate(id, 256), "sequence", o.GetSequence(), "reason", reason, "err", cause)
+	return nil
 }
 
 func (r *Runner) audit(action, target, outcome string, detail map[string]any) {

@@ -737,6 +737,18 @@ func TestFollowRootChain(t *testing.T) {
 		if n := len(fx.auditActions(t)); n != 0 {
 			t.Fatalf("%d audit records for a root not pinned", n)
 		}
+		// A plan offered with the chain is not refused for the agent's own
+		// failure: Offer returns the error (the session reconnects), and
+		// nothing is journaled, so the plan is offered again.
+		p := testPlan(planID(1), 1)
+		o := offer(t, p, "plans3")
+		o.TrustRoots = [][]byte{envV2, envV3}
+		if err := fx.r.Offer(context.Background(), o); err == nil {
+			t.Fatal("Offer = nil, want the persistence error")
+		}
+		if _, err := fx.j.Get(p.PlanId); !errors.Is(err, journal.ErrNotFound) {
+			t.Fatalf("plan journaled after an internal failure: %v", err)
+		}
 	})
 }
 

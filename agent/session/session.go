@@ -56,8 +56,10 @@ type Plans interface {
 	// FollowRoots follows trust roots newer than the pinned one.
 	FollowRoots(ctx context.Context, roots [][]byte) error
 	// Offer verifies and journals, or refuses, one offered plan. It must
-	// not block on the plan's execution.
-	Offer(ctx context.Context, o *agentv1.PlanOffer)
+	// not block on the plan's execution. An error (the agent's own failure,
+	// e.g. its journal cannot be written) ends the session: the plan stays
+	// unacknowledged and is offered again after the reconnect.
+	Offer(ctx context.Context, o *agentv1.PlanOffer) error
 	// Changed is signalled when a plan's journaled state changed.
 	Changed() <-chan struct{}
 	// Unreported returns the latest status of every plan whose latest
@@ -285,7 +287,9 @@ func (c *Client) runOnce(ctx context.Context) error {
 					}
 					continue
 				}
-				c.cfg.Plans.Offer(ctx, b.PlanOffer)
+				if err := c.cfg.Plans.Offer(ctx, b.PlanOffer); err != nil {
+					return fmt.Errorf("plan offer: %w", err)
+				}
 				if err := report(); err != nil {
 					return err
 				}

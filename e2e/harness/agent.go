@@ -35,6 +35,8 @@ type AgentOptions struct {
 	LogLevel string
 	// Config is the agent's --config file; empty means none (no providers).
 	Config string
+	// Args are extra flags for `attache-agent run`.
+	Args []string
 }
 
 // Agent is an `attache-agent run` process.
@@ -69,6 +71,7 @@ func (e *Env) StartAgent(t testing.TB, opts AgentOptions) *Agent {
 	if opts.Config != "" {
 		args = append(args, "--config", opts.Config)
 	}
+	args = append(args, opts.Args...)
 	return &Agent{
 		env:      e,
 		name:     name,
