@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"attache.dev/attache/agent/catalog"
+	"attache.dev/attache/internal/yamldoc"
 )
 
 // MaxConfigBytes bounds the agent's config file.
@@ -67,7 +68,7 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig decodes YAML (or JSON) config strictly and validates it:
 // one document, no duplicate keys, no unknown keys.
 func ParseConfig(b []byte) (*Config, error) {
-	if extraDocument(b) {
+	if yamldoc.Multiple(b) {
 		return nil, errors.New("more than one YAML document; the config is a single document")
 	}
 	j, err := yaml.YAMLToJSONStrict(b)
@@ -87,41 +88,6 @@ func ParseConfig(b []byte) (*Config, error) {
 		return nil, err
 	}
 	return &c, nil
-}
-
-// extraDocument reports whether b holds a second YAML document, which the
-// YAML-to-JSON conversion would silently drop: a "---" marker line after
-// content, or content after a "..." end marker. Document markers are only
-// ever markers at the start of a line (YAML forbids them inside scalars),
-// so a line scan is exact.
-func extraDocument(b []byte) bool {
-	content, ended := false, false
-	for line := range bytes.Lines(b) {
-		line = bytes.TrimRight(line, "\r\n")
-		marker := func(m string) bool {
-			return bytes.HasPrefix(line, []byte(m)) && (len(line) == 3 || line[3] == ' ' || line[3] == '\t')
-		}
-		switch t := bytes.TrimSpace(line); {
-		case marker("---"):
-			if content || ended {
-				return true
-			}
-			// "--- value" starts the document with content on the line.
-			if rest := bytes.TrimSpace(line[3:]); len(rest) > 0 && rest[0] != '#' {
-				content = true
-			}
-		case marker("..."):
-			ended = true
-		case len(t) == 0 || t[0] == '#' || (!content && t[0] == '%'):
-			// Blank, comment, or a directive before the document.
-		default:
-			if ended {
-				return true
-			}
-			content = true
-		}
-	}
-	return false
 }
 
 // Validate reports every problem at once.

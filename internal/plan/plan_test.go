@@ -492,3 +492,15 @@ func TestHandPatterns(t *testing.T) {
 		}
 	}
 }
+
+func TestParseYAMLRefusesSecondDocument(t *testing.T) {
+	one := "version: 1\nsteps:\n  - id: a\n    provider: local\n    action: tenant.provision\n    resource: r\n"
+	if _, err := ParseYAML([]byte(one)); err != nil {
+		t.Fatalf("one document: %v", err)
+	}
+	for _, in := range []string{one + "---\n" + one, one + "...\nversion: 1\n"} {
+		if _, err := ParseYAML([]byte(in)); err == nil || !strings.Contains(err.Error(), "more than one document") {
+			t.Errorf("ParseYAML(%q) = %v, want a refusal of the second document", in, err)
+		}
+	}
+}

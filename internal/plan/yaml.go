@@ -19,6 +19,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	planv1 "attache.dev/attache/protocol/gen/attache/plan/v1"
+
+	"attache.dev/attache/internal/yamldoc"
 )
 
 // MaxYAMLBytes bounds the YAML authoring document ParseYAML reads. It is
@@ -83,6 +85,9 @@ var (
 func ParseYAML(b []byte) (*Draft, error) {
 	if len(b) > MaxYAMLBytes {
 		return nil, fmt.Errorf("plan YAML is %d bytes, limit %d", len(b), MaxYAMLBytes)
+	}
+	if yamldoc.Multiple(b) {
+		return nil, errors.New("plan YAML: more than one document (a second \"---\" or content after \"...\"); submit one plan per file")
 	}
 	j, err := yaml.YAMLToJSONStrict(b)
 	if err != nil {
