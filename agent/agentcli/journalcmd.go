@@ -10,16 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
-	"text/tabwriter"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
 	"attache.dev/attache/agent/journal"
 	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/internal/textout"
 )
 
 // journalReadTimeout is how long the read-only commands wait for the
@@ -138,7 +135,7 @@ running this command fails at once and changes nothing.`,
 				views[i] = viewOf(r)
 			}
 			if output == "json" {
-				return writeJSON(stdout, views)
+				return textout.JSON(stdout, views)
 			}
 			if len(views) == 0 {
 				_, err := fmt.Fprintln(stdout, "no plans in the journal")
@@ -163,9 +160,9 @@ running this command fails at once and changes nothing.`,
 					msg = v.Reason + ": " + msg
 				}
 				rows = append(rows, []string{cell(v.ID), strconv.FormatUint(v.Sequence, 10), v.State, steps, dry,
-					formatTime(v.ReceivedAt), reported, cell(msg)})
+					textout.Time(v.ReceivedAt), reported, cell(msg)})
 			}
-			return table(stdout, []string{"ID", "SEQ", "STATE", "STEPS", "DRY-RUN", "RECEIVED", "REPORTED", "MESSAGE"}, rows)
+			return textout.Table(stdout, []string{"ID", "SEQ", "STATE", "STEPS", "DRY-RUN", "RECEIVED", "REPORTED", "MESSAGE"}, rows)
 		},
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", "the agent's state directory (required)")
@@ -245,10 +242,10 @@ running this command fails at once and changes nothing.`,
 			}
 			rows := make([][]string, 0, len(recs))
 			for _, r := range recs {
-				rows = append(rows, []string{strconv.FormatUint(r.Seq, 10), formatTime(r.Time), r.Action,
-					cell(r.Target), r.Outcome, clean(string(r.Detail))})
+				rows = append(rows, []string{strconv.FormatUint(r.Seq, 10), textout.Time(r.Time), r.Action,
+					cell(r.Target), r.Outcome, textout.Clean(string(r.Detail))})
 			}
-			return table(stdout, []string{"SEQ", "TIME", "ACTION", "TARGET", "OUTCOME", "DETAIL"}, rows)
+			return textout.Table(stdout, []string{"SEQ", "TIME", "ACTION", "TARGET", "OUTCOME", "DETAIL"}, rows)
 		},
 	}
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", "the agent's state directory (required)")
@@ -258,52 +255,5 @@ running this command fails at once and changes nothing.`,
 	return cmd
 }
 
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// table writes a header and rows, tab-aligned.
-func table(w io.Writer, header []string, rows [][]string) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
-	}
-	return tw.Flush()
-}
-
-func formatTime(t time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	return t.UTC().Format(time.RFC3339)
-}
-
-// clean makes s safe for one table line on a terminal: whitespace runs
-// become one space, and control characters (a refused offer may name
-// anything) and invalid UTF-8 become U+FFFD.
-func clean(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	return strings.Map(func(r rune) rune {
-		if r == utf8.RuneError || unicode.IsControl(r) || !unicode.IsPrint(r) && r != ' ' {
-			return '\uFFFD'
-		}
-		return r
-	}, s)
-}
-
-// cell is clean(s) cut at maxCellRunes, "-" when empty.
-func cell(s string) string {
-	s = clean(s)
-	if s == "" {
-		return "-"
-	}
-	if utf8.RuneCountInString(s) <= maxCellRunes {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:maxCellRunes-1]) + "…"
-}
+// cell is a journal field fit for a table cell: see textout.Cell.
+func cell(s string) string { return textout.Cell(s, maxCellRunes) }

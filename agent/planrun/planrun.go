@@ -13,7 +13,6 @@ package planrun
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -227,18 +226,7 @@ func (r *Runner) FollowRoots(ctx context.Context, roots [][]byte) error {
 
 func (r *Runner) followRoots(ctx context.Context, roots [][]byte) error {
 	from := r.v.Root.Version
-	top := from
-	var chain [][]byte
-	for _, env := range roots {
-		claimed, ok := peekRootVersion(env)
-		if ok && claimed <= top {
-			continue
-		}
-		if ok {
-			top = claimed
-		}
-		chain = append(chain, env)
-	}
+	chain, top := planverify.NewerRoots(from, roots)
 	if len(chain) == 0 {
 		return nil
 	}
@@ -271,30 +259,6 @@ func (r *Runner) followRoots(ctx context.Context, roots [][]byte) error {
 	}
 	r.log.Info("followed trust root rotation", "from_version", from, "version", final.Version, "chain", len(followed), "expires", final.Expires.UTC())
 	return nil
-}
-
-// peekRootVersion reads the version a root envelope claims, without
-// verifying anything; it only decides which envelopes to skip.
-func peekRootVersion(env []byte) (int, bool) {
-	var e struct {
-		Payload string `json:"payload"`
-	}
-	if json.Unmarshal(env, &e) != nil {
-		return 0, false
-	}
-	payload, err := base64.StdEncoding.DecodeString(e.Payload)
-	if err != nil {
-		if payload, err = base64.URLEncoding.DecodeString(e.Payload); err != nil {
-			return 0, false
-		}
-	}
-	var root struct {
-		Version int `json:"version"`
-	}
-	if json.Unmarshal(payload, &root) != nil {
-		return 0, false
-	}
-	return root.Version, true
 }
 
 // Offer handles one plan offer without waiting for its execution. A plan

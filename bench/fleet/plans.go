@@ -60,9 +60,9 @@ func (p *plans) helloState() (lastSequence uint64, trustRootVersion uint32) {
 	return p.v.LastSequence, uint32(p.v.Root.Version)
 }
 
-// followRoots is Runner.FollowRoots, one version at a time: envelopes not
-// newer than the pinned root are skipped, each newer one must be the
-// rotation of the one before (planverify.FollowRoot).
+// followRoots is Runner.FollowRoots: the roots newer than the pinned one
+// must form a chain from it (planverify.FollowRootChain); only the final
+// root is persisted and pinned.
 func (p *plans) followRoots(ctx context.Context, roots [][]byte) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -70,19 +70,18 @@ func (p *plans) followRoots(ctx context.Context, roots [][]byte) error {
 }
 
 func (p *plans) followRootsLocked(ctx context.Context, roots [][]byte) error {
-	for _, env := range roots {
-		if r, err := sign.VerifyPinnedRoot(ctx, env); err == nil && r.Version <= p.v.Root.Version {
-			continue
-		}
-		next, err := p.v.FollowRoot(ctx, env)
-		if err != nil {
-			return err
-		}
-		if err := p.state.SaveTrustRoot(env); err != nil {
-			return err
-		}
-		p.v.Root = next
+	chain, _ := planverify.NewerRoots(p.v.Root.Version, roots)
+	if len(chain) == 0 {
+		return nil
 	}
+	followed, err := p.v.FollowRootChain(ctx, chain)
+	if err != nil {
+		return err
+	}
+	if err := p.state.SaveTrustRoot(chain[len(chain)-1]); err != nil {
+		return err
+	}
+	p.v.Root = followed[len(followed)-1]
 	return nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"attache.dev/attache/controlplane/apiclient"
+
+	"attache.dev/attache/internal/textout"
 )
 
 func newAgentCommand(g *globals) *cobra.Command {
@@ -44,14 +46,14 @@ disconnected, never-connected or revoked.`,
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, as)
+				return textout.JSON(g.stdout, as)
 			}
 			now := time.Now()
 			rows := make([][]string, 0, len(as))
 			for _, a := range as {
 				rows = append(rows, []string{a.Tenant, a.ID, a.Status, ago(a.LastSeenAt, now), orDash(a.Version)})
 			}
-			return table(g.stdout, []string{"TENANT", "ID", "STATUS", "LAST-SEEN", "VERSION"}, rows)
+			return textout.Table(g.stdout, []string{"TENANT", "ID", "STATUS", "LAST-SEEN", "VERSION"}, rows)
 		},
 	}
 	cmd.Flags().StringVar(&tenant, "tenant", "", "only this tenant's agents")
@@ -113,7 +115,7 @@ harmless. Needs the admin or operator role.`,
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, a)
+				return textout.JSON(g.stdout, a)
 			}
 			_, err = fmt.Fprintf(g.stdout, "agent %s/%s revoked at %s\n", a.Tenant, a.ID, formatTimePtr(a.RevokedAt))
 			return err
@@ -123,7 +125,7 @@ harmless. Needs the admin or operator role.`,
 
 func (g *globals) printAgent(a apiclient.Agent) error {
 	if g.json() {
-		return writeJSON(g.stdout, a)
+		return textout.JSON(g.stdout, a)
 	}
 	now := time.Now()
 	kv := [][2]string{
@@ -134,10 +136,10 @@ func (g *globals) printAgent(a apiclient.Agent) error {
 		{"Hostname", orDash(a.Hostname)},
 		{"Version", orDash(a.Version)},
 		{"Capability version", strconv.FormatUint(uint64(a.CapabilityVersion), 10)},
-		{"Enrolled", formatTime(a.EnrolledAt)},
+		{"Enrolled", textout.Time(a.EnrolledAt)},
 		{"Last seen", ago(a.LastSeenAt, now)},
 		{"Certificate serial", orDash(a.CertSerial)},
-		{"Certificate expires", formatTime(a.CertExpiresAt)},
+		{"Certificate expires", textout.Time(a.CertExpiresAt)},
 	}
 	if a.SessionID != "" {
 		kv = append(kv, [2]string{"Session", a.SessionID})
@@ -171,5 +173,5 @@ func healthSummary(raw json.RawMessage) string {
 		}
 		parts = append(parts, p)
 	}
-	return strings.Join(parts, ", ")
+	return textout.Clean(strings.Join(parts, ", "))
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"attache.dev/attache/internal/textout"
 )
 
 func newAPITokenCommand(g *globals) *cobra.Command {
@@ -41,7 +43,7 @@ join tokens, agents), auditor (read-only, including the audit trail).`,
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, t)
+				return textout.JSON(g.stdout, t)
 			}
 			fmt.Fprintf(g.stderr, "API token %s (%s, role %s) created\n", t.ID, t.Name, t.Role)
 			_, err = fmt.Fprintln(g.stdout, t.Token)
@@ -69,13 +71,13 @@ func newAPITokenListCommand(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, ts)
+				return textout.JSON(g.stdout, ts)
 			}
 			rows := make([][]string, 0, len(ts))
 			for _, t := range ts {
-				rows = append(rows, []string{t.ID, t.Name, t.Role, orDash(t.CreatedBy), formatTime(t.CreatedAt), formatTimePtr(t.RevokedAt)})
+				rows = append(rows, []string{t.ID, t.Name, t.Role, orDash(t.CreatedBy), textout.Time(t.CreatedAt), formatTimePtr(t.RevokedAt)})
 			}
-			return table(g.stdout, []string{"ID", "NAME", "ROLE", "CREATED-BY", "CREATED", "REVOKED"}, rows)
+			return textout.Table(g.stdout, []string{"ID", "NAME", "ROLE", "CREATED-BY", "CREATED", "REVOKED"}, rows)
 		},
 	}
 }

@@ -16,6 +16,8 @@ import (
 
 	"attache.dev/attache/controlplane/apiclient"
 	"attache.dev/attache/internal/auditlog"
+
+	"attache.dev/attache/internal/textout"
 )
 
 // auditPageSize is what the CLI asks for when it pages through the trail.
@@ -56,16 +58,16 @@ func newAuditLogCommand(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, page)
+				return textout.JSON(g.stdout, page)
 			}
 			rows := make([][]string, 0, len(page.Records))
 			for _, r := range page.Records {
 				rows = append(rows, []string{
-					strconv.FormatUint(r.Seq, 10), formatTime(r.Time), r.Actor, r.Role, r.Action,
+					strconv.FormatUint(r.Seq, 10), textout.Time(r.Time), r.Actor, r.Role, r.Action,
 					orDash(r.Tenant), orDash(r.Target), r.Outcome,
 				})
 			}
-			return table(g.stdout, []string{"SEQ", "TIME", "ACTOR", "ROLE", "ACTION", "TENANT", "TARGET", "OUTCOME"}, rows)
+			return textout.Table(g.stdout, []string{"SEQ", "TIME", "ACTOR", "ROLE", "ACTION", "TENANT", "TARGET", "OUTCOME"}, rows)
 		},
 	}
 	cmd.Flags().StringVar(&q.Tenant, "tenant", "", "only records about this tenant")

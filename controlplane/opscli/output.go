@@ -1,7 +1,6 @@
 package opscli
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -9,26 +8,11 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"attache.dev/attache/internal/textout"
 )
 
 func (g *globals) json() bool { return g.output == "json" }
-
-func writeJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// table writes a header and rows, tab-aligned.
-func table(w io.Writer, header []string, rows [][]string) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join(r, "\t"))
-	}
-	return tw.Flush()
-}
 
 // fields writes "key: value" lines, aligned.
 func fields(w io.Writer, kv [][2]string) error {
@@ -50,18 +34,11 @@ func formatLabels(l map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
-func formatTime(t time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	return t.UTC().Format(time.RFC3339)
-}
-
 func formatTimePtr(t *time.Time) string {
 	if t == nil {
 		return "-"
 	}
-	return formatTime(*t)
+	return textout.Time(*t)
 }
 
 // ago says how long before now t was, coarsely: "12s ago", "5m ago".
@@ -72,7 +49,7 @@ func ago(t *time.Time, now time.Time) string {
 	d := now.Sub(*t)
 	switch {
 	case d < 0:
-		return formatTime(*t)
+		return textout.Time(*t)
 	case d < time.Minute:
 		return fmt.Sprintf("%ds ago", int(d.Seconds()))
 	case d < time.Hour:
@@ -80,12 +57,14 @@ func ago(t *time.Time, now time.Time) string {
 	case d < 48*time.Hour:
 		return fmt.Sprintf("%dh ago", int(d.Hours()))
 	default:
-		return formatTime(*t)
+		return textout.Time(*t)
 	}
 }
 
+// orDash is s made safe for a terminal (textout.Clean: many fields come
+// from agents), or "-" when empty.
 func orDash(s string) string {
-	if s == "" {
+	if s = textout.Clean(s); s == "" {
 		return "-"
 	}
 	return s

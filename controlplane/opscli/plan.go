@@ -10,13 +10,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
 	"attache.dev/attache/controlplane/apiclient"
 	"attache.dev/attache/controlplane/httpapi/apiv1"
 	"attache.dev/attache/internal/plan"
+
+	"attache.dev/attache/internal/textout"
 )
 
 // planPollInterval is how often --wait asks for the plan's status.
@@ -137,7 +138,7 @@ the admin or operator role.`,
 			}
 			if !wf.wait {
 				if g.json() {
-					return writeJSON(g.stdout, p)
+					return textout.JSON(g.stdout, p)
 				}
 				if err := fields(g.stdout, submittedFields(p)); err != nil {
 					return err
@@ -201,7 +202,7 @@ func submittedFields(p apiclient.Plan) [][2]string {
 	if p.DryRun {
 		kv = append(kv, [2]string{"Dry run", "yes: nothing will be changed"})
 	}
-	return append(kv, [2]string{"Expires", formatTime(p.ExpiresAt)})
+	return append(kv, [2]string{"Expires", textout.Time(p.ExpiresAt)})
 }
 
 // waitAndReport follows plan p until it is done, then prints it: the step
@@ -210,7 +211,7 @@ func submittedFields(p apiclient.Plan) [][2]string {
 func (g *globals) waitAndReport(ctx context.Context, c *apiclient.Client, p apiclient.Plan, timeout time.Duration) error {
 	final, werr := g.waitPlan(ctx, c, p, timeout)
 	if g.json() {
-		if err := writeJSON(g.stdout, final); err != nil {
+		if err := textout.JSON(g.stdout, final); err != nil {
 			return err
 		}
 	} else {
@@ -234,7 +235,7 @@ func planNotSucceeded(p apiclient.Plan) error {
 		msg += ": " + p.Message
 	}
 	if p.State == apiv1.PlanExpired {
-		msg += fmt.Sprintf(" (agent %s/%s did not take it before %s)", p.Tenant, p.Agent, formatTime(p.ExpiresAt))
+		msg += fmt.Sprintf(" (agent %s/%s did not take it before %s)", p.Tenant, p.Agent, textout.Time(p.ExpiresAt))
 	}
 	return errors.New(msg)
 }
@@ -309,7 +310,7 @@ func (g *globals) progress(prev *apiclient.Plan, cur apiclient.Plan) {
 	if prev == nil || prev.State != cur.State || prev.Message != cur.Message {
 		line := fmt.Sprintf("%s plan %s: %s", clock(), cur.ID, cur.State)
 		if cur.Message != "" {
-			line += ": " + oneLine(cur.Message)
+			line += ": " + textout.Clean(cur.Message)
 		}
 		fmt.Fprintln(w, line)
 	}
@@ -330,7 +331,7 @@ func (g *globals) progress(prev *apiclient.Plan, cur apiclient.Plan) {
 		if s.CompensationState != b.CompensationState || s.CompensationMessage != b.CompensationMessage {
 			line := fmt.Sprintf("%s   step %s: compensation %s", clock(), s.ID, orDash(s.CompensationState))
 			if s.CompensationMessage != "" {
-				line += ": " + oneLine(s.CompensationMessage)
+				line += ": " + textout.Clean(s.CompensationMessage)
 			}
 			fmt.Fprintln(w, line)
 		}
@@ -348,7 +349,7 @@ func stepLine(s apiclient.PlanStep) string {
 		line += " in " + s.Duration
 	}
 	if s.Message != "" {
-		line += ": " + oneLine(s.Message)
+		line += ": " + textout.Clean(s.Message)
 	}
 	return line
 }
@@ -372,7 +373,7 @@ func newPlanListCommand(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, ps)
+				return textout.JSON(g.stdout, ps)
 			}
 			rows := make([][]string, 0, len(ps))
 			for _, p := range ps {
@@ -381,9 +382,9 @@ func newPlanListCommand(g *globals) *cobra.Command {
 					dry = "yes"
 				}
 				rows = append(rows, []string{p.ID, p.Tenant, p.Agent, strconv.FormatUint(p.Sequence, 10), p.State,
-					strconv.Itoa(p.StepCount), dry, orDash(p.Release), formatTime(p.CreatedAt)})
+					strconv.Itoa(p.StepCount), dry, orDash(p.Release), textout.Time(p.CreatedAt)})
 			}
-			return table(g.stdout, []string{"ID", "TENANT", "AGENT", "SEQ", "STATE", "STEPS", "DRY-RUN", "RELEASE", "CREATED"}, rows)
+			return textout.Table(g.stdout, []string{"ID", "TENANT", "AGENT", "SEQ", "STATE", "STEPS", "DRY-RUN", "RELEASE", "CREATED"}, rows)
 		},
 	}
 	cmd.Flags().StringVar(&q.Tenant, "tenant", "", "only this tenant's plans")
@@ -412,7 +413,7 @@ For a dry run (and for any step that reported changes) the changes follow.`,
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, p)
+				return textout.JSON(g.stdout, p)
 			}
 			return g.printPlan(p)
 		},
@@ -447,7 +448,7 @@ unless it succeeded.`,
 				return g.waitAndReport(cmd.Context(), c, p, wf.timeout)
 			}
 			if g.json() {
-				if err := writeJSON(g.stdout, p); err != nil {
+				if err := textout.JSON(g.stdout, p); err != nil {
 					return err
 				}
 			} else if err := g.printStatus(p); err != nil {
@@ -479,11 +480,11 @@ func (g *globals) printPlan(p apiclient.Plan) error {
 		{"State", p.State},
 	}
 	if p.Message != "" {
-		kv = append(kv, [2]string{"Message", oneLine(p.Message)})
+		kv = append(kv, [2]string{"Message", textout.Clean(p.Message)})
 	}
 	kv = append(kv,
-		[2]string{"Created", formatTime(p.CreatedAt) + " by " + orDash(p.CreatedBy)},
-		[2]string{"Expires", formatTime(p.ExpiresAt)},
+		[2]string{"Created", textout.Time(p.CreatedAt) + " by " + orDash(p.CreatedBy)},
+		[2]string{"Expires", textout.Time(p.ExpiresAt)},
 		[2]string{"Acknowledged", formatTimePtr(p.AckedAt)},
 		[2]string{"Finished", formatTimePtr(p.FinishedAt)},
 	)
@@ -504,7 +505,7 @@ func (g *globals) printPlan(p apiclient.Plan) error {
 		}
 		rows = append(rows, row)
 	}
-	if err := table(g.stdout, header, rows); err != nil {
+	if err := textout.Table(g.stdout, header, rows); err != nil {
 		return err
 	}
 	return g.printChanges(p)
@@ -519,7 +520,7 @@ func (g *globals) printStatus(p apiclient.Plan) error {
 	}
 	line += "): " + p.State
 	if p.Message != "" {
-		line += ": " + oneLine(p.Message)
+		line += ": " + textout.Clean(p.Message)
 	}
 	fmt.Fprintln(g.stdout, line)
 	header := []string{"STEP", "STATE", "ATTEMPTS", "DURATION", "MESSAGE"}
@@ -535,7 +536,7 @@ func (g *globals) printStatus(p apiclient.Plan) error {
 		}
 		rows = append(rows, row)
 	}
-	if err := table(g.stdout, header, rows); err != nil {
+	if err := textout.Table(g.stdout, header, rows); err != nil {
 		return err
 	}
 	return g.printChanges(p)
@@ -557,7 +558,7 @@ func (g *globals) printChanges(p apiclient.Plan) error {
 		title = "Changes the plan would make (dry run, nothing was changed):"
 	}
 	fmt.Fprintf(g.stdout, "\n%s\n", title)
-	return table(g.stdout, []string{"STEP", "OPERATION", "RESOURCE", "SUMMARY"}, rows)
+	return textout.Table(g.stdout, []string{"STEP", "OPERATION", "RESOURCE", "SUMMARY"}, rows)
 }
 
 func hasCompensation(steps []apiclient.PlanStep) bool {
@@ -586,21 +587,5 @@ func attempts(s apiclient.PlanStep) string {
 	return strconv.FormatUint(uint64(s.Attempts), 10)
 }
 
-// oneLine puts a message on one line.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
-}
-
-// cell is a message fit for a table cell: one line, cut at
-// maxMessageRunes.
-func cell(s string) string {
-	s = oneLine(s)
-	if s == "" {
-		return "-"
-	}
-	if utf8.RuneCountInString(s) <= maxMessageRunes {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:maxMessageRunes-1]) + "…"
-}
+// cell is a message fit for a table cell: see textout.Cell.
+func cell(s string) string { return textout.Cell(s, maxMessageRunes) }

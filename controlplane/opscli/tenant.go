@@ -7,6 +7,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"attache.dev/attache/controlplane/apiclient"
+
+	"attache.dev/attache/internal/textout"
 )
 
 func newTenantCommand(g *globals) *cobra.Command {
@@ -56,7 +58,7 @@ Needs the admin or operator role.`,
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, t)
+				return textout.JSON(g.stdout, t)
 			}
 			_, err = fmt.Fprintf(g.stdout, "tenant %s created\n", t.Name)
 			return err
@@ -83,13 +85,13 @@ func newTenantListCommand(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, ts)
+				return textout.JSON(g.stdout, ts)
 			}
 			rows := make([][]string, 0, len(ts))
 			for _, t := range ts {
-				rows = append(rows, []string{t.Name, orDash(t.DisplayName), formatLabels(t.Labels), formatTime(t.CreatedAt)})
+				rows = append(rows, []string{t.Name, orDash(t.DisplayName), formatLabels(t.Labels), textout.Time(t.CreatedAt)})
 			}
-			return table(g.stdout, []string{"NAME", "DISPLAY-NAME", "LABELS", "CREATED"}, rows)
+			return textout.Table(g.stdout, []string{"NAME", "DISPLAY-NAME", "LABELS", "CREATED"}, rows)
 		},
 	}
 }
@@ -110,13 +112,13 @@ func newTenantShowCommand(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, t)
+				return textout.JSON(g.stdout, t)
 			}
 			return fields(g.stdout, [][2]string{
 				{"Name", t.Name},
 				{"Display name", orDash(t.DisplayName)},
 				{"Labels", formatLabels(t.Labels)},
-				{"Created", formatTime(t.CreatedAt)},
+				{"Created", textout.Time(t.CreatedAt)},
 			})
 		},
 	}

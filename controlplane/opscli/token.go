@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"attache.dev/attache/internal/textout"
 )
 
 func newTokenCommand(g *globals) *cobra.Command {
@@ -46,9 +48,9 @@ as a secret until it is used or expires. Needs the admin or operator role.`,
 				return err
 			}
 			if g.json() {
-				return writeJSON(g.stdout, t)
+				return textout.JSON(g.stdout, t)
 			}
-			fmt.Fprintf(g.stderr, "join token %s for tenant %s, single use, expires %s\n", t.ID, t.Tenant, formatTime(t.ExpiresAt))
+			fmt.Fprintf(g.stderr, "join token %s for tenant %s, single use, expires %s\n", t.ID, t.Tenant, textout.Time(t.ExpiresAt))
 			_, err = fmt.Fprintln(g.stdout, t.Token)
 			return err
 		},

@@ -13,6 +13,7 @@ package planverify
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -275,4 +276,48 @@ func (v *Verifier) FollowRoot(ctx context.Context, next []byte) (*sign.Root, err
 // to it.
 func (v *Verifier) FollowRootChain(ctx context.Context, chain [][]byte) ([]*sign.Root, error) {
 	return FollowRootChainAt(ctx, v.Root, chain, v.now())
+}
+
+// NewerRoots returns, in order, the root envelopes of roots that do not
+// claim a version at or below current (an envelope whose version cannot be
+// read is kept, for FollowRootChain to refuse), and the highest version
+// claimed. It verifies nothing: it only drops what the control plane sent
+// that the agent already has, before FollowRootChain.
+func NewerRoots(current int, roots [][]byte) (chain [][]byte, top int) {
+	top = current
+	for _, env := range roots {
+		claimed, ok := peekRootVersion(env)
+		if ok && claimed <= top {
+			continue
+		}
+		if ok {
+			top = claimed
+		}
+		chain = append(chain, env)
+	}
+	return chain, top
+}
+
+// peekRootVersion reads the version a root envelope claims, without
+// verifying anything; it only decides which envelopes to skip.
+func peekRootVersion(env []byte) (int, bool) {
+	var e struct {
+		Payload string `json:"payload"`
+	}
+	if json.Unmarshal(env, &e) != nil {
+		return 0, false
+	}
+	payload, err := base64.StdEncoding.DecodeString(e.Payload)
+	if err != nil {
+		if payload, err = base64.URLEncoding.DecodeString(e.Payload); err != nil {
+			return 0, false
+		}
+	}
+	var root struct {
+		Version int `json:"version"`
+	}
+	if json.Unmarshal(payload, &root) != nil {
+		return 0, false
+	}
+	return root.Version, true
 }
