@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -492,23 +493,7 @@ func (g *globals) printPlan(p apiclient.Plan) error {
 		return err
 	}
 	fmt.Fprintln(g.stdout)
-	header := []string{"STEP", "ACTION", "RESOURCE", "STATE", "ATTEMPTS", "DURATION", "MESSAGE"}
-	comp := hasCompensation(p.Steps)
-	if comp {
-		header = append(header, "COMPENSATION")
-	}
-	rows := make([][]string, 0, len(p.Steps))
-	for _, s := range p.Steps {
-		row := []string{s.ID, s.Provider + "/" + s.Action, s.Resource, s.State, attempts(s), orDash(s.Duration), cell(s.Message)}
-		if comp {
-			row = append(row, compensation(s))
-		}
-		rows = append(rows, row)
-	}
-	if err := textout.Table(g.stdout, header, rows); err != nil {
-		return err
-	}
-	return g.printChanges(p)
+	return g.printSteps(p, true)
 }
 
 // printStatus is `plan status`: one line for the plan, the step table and
@@ -523,7 +508,17 @@ func (g *globals) printStatus(p apiclient.Plan) error {
 		line += ": " + textout.Clean(p.Message)
 	}
 	fmt.Fprintln(g.stdout, line)
+	return g.printSteps(p, false)
+}
+
+// printSteps prints the step table (with each step's action and resource
+// when wide), a COMPENSATION column when any step has one, then the
+// changes.
+func (g *globals) printSteps(p apiclient.Plan, wide bool) error {
 	header := []string{"STEP", "STATE", "ATTEMPTS", "DURATION", "MESSAGE"}
+	if wide {
+		header = slices.Insert(header, 1, "ACTION", "RESOURCE")
+	}
 	comp := hasCompensation(p.Steps)
 	if comp {
 		header = append(header, "COMPENSATION")
@@ -531,6 +526,9 @@ func (g *globals) printStatus(p apiclient.Plan) error {
 	rows := make([][]string, 0, len(p.Steps))
 	for _, s := range p.Steps {
 		row := []string{s.ID, s.State, attempts(s), orDash(s.Duration), cell(s.Message)}
+		if wide {
+			row = slices.Insert(row, 1, s.Provider+"/"+s.Action, s.Resource)
+		}
 		if comp {
 			row = append(row, compensation(s))
 		}
