@@ -42,8 +42,8 @@ type Config struct {
 	Providers []*agentv1.ProviderInfo
 	// Health reports component health for heartbeats; may be nil.
 	Health func() []*agentv1.ComponentHealth
-	// Plans receives plan offers and supplies plan status reports; nil
-	// means the agent refuses every plan (it has no plan runner).
+	// Plans receives plan offers and supplies plan status reports.
+	// Required.
 	Plans Plans
 }
 
@@ -143,9 +143,7 @@ func (c *Client) runOnce(ctx context.Context) error {
 		CapabilityVersion: version.CapabilityVersion,
 		Inventory:         &agentv1.Inventory{Hostname: hostname, Os: runtime.GOOS, Arch: runtime.GOARCH, Providers: c.cfg.Providers},
 	}
-	if c.cfg.Plans != nil {
-		hello.LastPlanSequence, hello.TrustRootVersion = c.cfg.Plans.HelloState()
-	}
+	hello.LastPlanSequence, hello.TrustRootVersion = c.cfg.Plans.HelloState()
 	if err := stream.Send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Hello{Hello: hello}}); err != nil {
 		return classify(streamErr(stream, err))
 	}
@@ -159,7 +157,7 @@ func (c *Client) runOnce(ctx context.Context) error {
 	}
 	interval := heartbeatInterval(defaultHeartbeat, welcome.GetConfig())
 	c.cfg.Logger.Info("session open", "session", welcome.GetSessionId(), "control_plane", st.Meta.ControlPlaneAddr, "heartbeat_interval", interval)
-	if roots := welcome.GetTrustRoots(); len(roots) > 0 && c.cfg.Plans != nil {
+	if roots := welcome.GetTrustRoots(); len(roots) > 0 {
 		if err := c.cfg.Plans.FollowRoots(ctx, roots); err != nil {
 			// Refused and audited by the runner; plans signed under the
 			// refused root will be refused one by one.
@@ -226,9 +224,6 @@ func (c *Client) runOnce(ctx context.Context) error {
 	sent := map[string]uint64{}
 	inFlight := map[uint64]sentReport{}
 	report := func() error {
-		if c.cfg.Plans == nil {
-			return nil
-		}
 		for _, r := range c.cfg.Plans.Unreported() {
 			id := r.Status.GetPlanId()
 			if sent[id] >= r.Version {
@@ -245,10 +240,7 @@ func (c *Client) runOnce(ctx context.Context) error {
 	if err := report(); err != nil {
 		return err
 	}
-	var changed <-chan struct{}
-	if c.cfg.Plans != nil {
-		changed = c.cfg.Plans.Changed()
-	}
+	changed := c.cfg.Plans.Changed()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -276,17 +268,11 @@ func (c *Client) runOnce(ctx context.Context) error {
 				if r, ok := inFlight[b.Ack.GetRef()]; ok {
 					delete(inFlight, b.Ack.GetRef())
 					c.cfg.Plans.Acked(r.plan, r.version)
+					if sent[r.plan] == r.version {
+						delete(sent, r.plan) // reported; Unreported no longer lists it at this version
+					}
 				}
 			case *agentv1.ControlMessage_PlanOffer:
-				if c.cfg.Plans == nil {
-					if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: &agentv1.PlanStatus{
-						PlanId: b.PlanOffer.GetPlanId(), Sequence: b.PlanOffer.GetSequence(),
-						State: "refused", Reason: "NO_RUNNER", Message: "this agent runs without a plan runner",
-					}}}); err != nil {
-						return err
-					}
-					continue
-				}
 				if err := c.cfg.Plans.Offer(ctx, b.PlanOffer); err != nil {
 					return fmt.Errorf("plan offer: %w", err)
 				}
