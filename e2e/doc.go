@@ -4,5 +4,5 @@
 // operator, a customer or a reviewer would see. It has no code of its own.
 //
 // Run them with `go test ./e2e/...`; they need setpriv (util-linux), and
-// TestPostgresStore needs PostgreSQL (see controlplane/store/pgtest).
+// TestPostgresStore needs PostgreSQL (see testenv/pgtest).
 package e2e

@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"attache.dev/attache/controlplane/store/pgtest"
+	"attache.dev/attache/testenv/pgtest"
 	"attache.dev/attache/e2e/harness"
 )
 

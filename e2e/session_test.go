@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"attache.dev/attache/controlplane/apiclient"
-	"attache.dev/attache/controlplane/store/pgtest"
+	"attache.dev/attache/testenv/pgtest"
 	"attache.dev/attache/e2e/harness"
 	"attache.dev/attache/internal/auditlog"
 )

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"attache.dev/attache/controlplane/store"
-	"attache.dev/attache/controlplane/store/pgtest"
+	"attache.dev/attache/testenv/pgtest"
 	"attache.dev/attache/controlplane/store/storetest"
 	"attache.dev/attache/internal/auditlog"
 )

@@ -7,7 +7,8 @@ import (
 
 // TestProvidersImportNoCore keeps provider binaries free of agent, control-plane
 // and internal code: providers import only providers/... (sdk, providertest)
-// and protocol/... from this module. Test imports count too.
+// and protocol/... from this module; their tests may also use the real-server
+// harnesses in testenv/. Test imports count too.
 func TestProvidersImportNoCore(t *testing.T) {
 	forbidden := []string{module + "/agent", module + "/controlplane", module + "/internal"}
 	if !dirExists(t, "providers") {
@@ -26,8 +27,25 @@ func TestProvidersImportNoCore(t *testing.T) {
 		for _, imp := range append(p.TestImports, p.XTestImports...) {
 			for _, f := range forbidden {
 				if within(imp, f) {
-					t.Errorf("tests of %s import %s; providers may import only providers/... and protocol/... from this module", p.ImportPath, imp)
+					t.Errorf("tests of %s import %s; provider tests may import only providers/..., protocol/... and testenv/... from this module", p.ImportPath, imp)
 				}
+			}
+		}
+	}
+}
+
+// TestTestenvImportsNothingOfOurs keeps the real-server harnesses in testenv/
+// usable from every test, provider tests included: they import nothing else
+// from this module.
+func TestTestenvImportsNothingOfOurs(t *testing.T) {
+	pkgs := goList(t, "./testenv/...")
+	if len(pkgs) == 0 {
+		t.Fatal("go list ./testenv/... found no packages")
+	}
+	for _, p := range pkgs {
+		for _, dep := range append(append([]string{}, p.Deps...), p.TestImports...) {
+			if within(dep, module) && !within(dep, module+"/testenv") {
+				t.Errorf("%s depends on %s; testenv/ harnesses must not import the rest of this module", p.ImportPath, dep)
 			}
 		}
 	}
