@@ -2,17 +2,22 @@ package executor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"attache.dev/attache/agent/journal"
+	"attache.dev/attache/internal/auditlog"
 	"attache.dev/attache/internal/plan"
 	planv1 "attache.dev/attache/protocol/gen/attache/plan/v1"
 	providerv1 "attache.dev/attache/protocol/gen/attache/provider/v1"
@@ -31,7 +36,19 @@ const (
 	MaxChanges = 256
 	// MaxChangeFieldBytes bounds a change's resource and summary.
 	MaxChangeFieldBytes = 512
+	// MaxOutputs bounds the outputs journaled for one step (the first ones
+	// in key order are kept).
+	MaxOutputs = 32
+	// MaxOutputKeyBytes and MaxOutputValueBytes bound one output.
+	MaxOutputKeyBytes   = 64
+	MaxOutputValueBytes = 2 << 10
 )
+
+// OutputVerification is the output key by which a provider states the
+// result of a check that proves a step's effect (e.g. "0 rows of tenant acme
+// remain"); the executor records it in the agent's audit log and the
+// control plane in its audit trail.
+const OutputVerification = "verification"
 
 // DefaultProgressInterval is Config.ProgressInterval's default.
 const DefaultProgressInterval = 250 * time.Millisecond
@@ -288,11 +305,17 @@ func (r *run) applyStep(ctx context.Context, s *planv1.Step) (bool, error) {
 		return false, r.stop(ctx)
 	}
 	state, msg, changes := outcome(res, err)
+	outputs := convertOutputs(res.GetOutputs())
 	now := r.e.now()
 	r.later(func(rec *journal.PlanRecord) {
 		st := rec.Step(s.GetId())
-		st.State, st.Message, st.Changes, st.FinishedAt = state, msg, changes, now
+		st.State, st.Message, st.Changes, st.Outputs, st.FinishedAt = state, msg, changes, outputs, now
 	})
+	if v, ok := outputs[OutputVerification]; ok {
+		if err := r.auditVerification(s, state, v); err != nil {
+			return false, err
+		}
+	}
 	if state == journal.StepSucceeded {
 		log.Info("step succeeded", "duration", now.Sub(start), "changes", len(changes))
 		return true, nil
@@ -594,6 +617,76 @@ func (r *run) progress(write func(rec *journal.PlanRecord, msg string) error) (r
 		}
 	}
 	return report, func() { close(quit); <-done }
+}
+
+// auditVerification records a step's verification output in the agent's
+// audit log, after the step's outcome is journaled.
+func (r *run) auditVerification(s *planv1.Step, state, verification string) error {
+	if err := r.update(nil); err != nil {
+		return err
+	}
+	outcome := auditlog.OutcomeSuccess
+	if state != journal.StepSucceeded {
+		outcome = auditlog.OutcomeFailure
+	}
+	detail, err := json.Marshal(map[string]string{
+		"plan": r.id, "step": s.GetId(), "provider": s.GetProvider(), "action": s.GetAction(),
+		"state": state, OutputVerification: verification,
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := r.e.j.Audit(auditlog.Entry{
+		Time: r.e.now(), Actor: r.p.GetAgentSpiffeId(), Role: "agent", Action: "step.verified",
+		Tenant: r.p.GetTenant(), Target: r.id + "/" + s.GetId(), Outcome: outcome, Detail: detail,
+	}); err != nil {
+		return fmt.Errorf("audit verification of step %s: %w", s.GetId(), err)
+	}
+	return nil
+}
+
+// convertOutputs renders a provider's outputs as bounded strings (the
+// verification first, then the others in key order, MaxOutputs in all):
+// strings
+// as they are, numbers and booleans in their JSON form, lists and objects as
+// JSON.
+func convertOutputs(o *structpb.Struct) map[string]string {
+	fields := o.GetFields()
+	if len(fields) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		if k != OutputVerification {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	if _, ok := fields[OutputVerification]; ok {
+		keys = append([]string{OutputVerification}, keys...)
+	}
+	out := make(map[string]string, min(len(keys), MaxOutputs))
+	for _, k := range keys[:min(len(keys), MaxOutputs)] {
+		var v string
+		switch x := fields[k].GetKind().(type) {
+		case *structpb.Value_StringValue:
+			v = x.StringValue
+		case *structpb.Value_BoolValue:
+			v = strconv.FormatBool(x.BoolValue)
+		case *structpb.Value_NumberValue:
+			v = strconv.FormatFloat(x.NumberValue, 'f', -1, 64)
+		case *structpb.Value_NullValue:
+			v = ""
+		default:
+			b, err := json.Marshal(fields[k].AsInterface())
+			if err != nil {
+				continue
+			}
+			v = string(b)
+		}
+		out[truncate(k, MaxOutputKeyBytes)] = truncate(v, MaxOutputValueBytes)
+	}
+	return out
 }
 
 // convertChanges turns a provider's changes into journal changes, bounded.

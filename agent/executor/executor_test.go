@@ -353,6 +353,18 @@ func (f *fake) Apply(ctx context.Context, s *providerv1.Step, progress sdk.Progr
 		return failed(strings.Repeat("é", 5<<10)), nil
 	case "invalid":
 		return nil, sdk.InvalidArgument("params.x", "must be set")
+	case "verify":
+		outputs, err := structpb.NewStruct(map[string]any{
+			"verification": "0 rows of tenant acme remain",
+			"rows":         0,
+			"ok":           true,
+			"tables":       []any{"a", "b"},
+			"long":         strings.Repeat("x", 3<<10),
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &providerv1.ApplyResult{State: providerv1.StepState_STEP_STATE_SUCCEEDED, Message: "erased", Outputs: outputs}, nil
 	case "block":
 		if s.GetAttempt() == 1 {
 			f.blocked <- struct{}{}
@@ -672,6 +684,47 @@ func TestProgress(t *testing.T) {
 
 // TestDryRunFake: a dry run calls Plan only; a step whose Plan fails fails
 // the plan and skips the rest.
+// TestOutputs: a step's outputs are journaled as bounded strings and its
+// verification is recorded in the agent's audit log.
+func TestOutputs(t *testing.T) {
+	j, _, ex := fakeSetup(t)
+	p := newPlan(step("erase", "fake", "verify", nil), ok("after"))
+	accept(t, j, p)
+	if err := ex.Execute(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	rec := get(t, j, p.GetPlanId())
+	st := rec.Step("erase")
+	want := map[string]string{"verification": "0 rows of tenant acme remain", "rows": "0", "ok": "true", "tables": `["a","b"]`}
+	for k, v := range want {
+		if st.Outputs[k] != v {
+			t.Errorf("output %s = %q, want %q", k, st.Outputs[k], v)
+		}
+	}
+	if n := len(st.Outputs["long"]); n > executor.MaxOutputValueBytes {
+		t.Errorf("long output kept %d bytes, bound %d", n, executor.MaxOutputValueBytes)
+	}
+	if st := rec.Step("after"); len(st.Outputs) != 0 {
+		t.Errorf("step without outputs journaled %v", st.Outputs)
+	}
+	log, err := j.AuditLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found bool
+	for _, r := range log {
+		if r.Action == "step.verified" {
+			found = true
+			if r.Target != p.GetPlanId()+"/erase" || !strings.Contains(string(r.Detail), "0 rows of tenant acme remain") || r.Outcome != "success" {
+				t.Errorf("audit record %+v", r.Entry)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no step.verified audit record in %d records", len(log))
+	}
+}
+
 func TestDryRunFake(t *testing.T) {
 	j, f, ex := fakeSetup(t)
 	p := newPlan(compensated(ok("a"), "undo"), step("b", "fake", "invalid", nil), ok("c"))

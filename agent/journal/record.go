@@ -93,6 +93,9 @@ type StepRecord struct {
 	StartedAt  time.Time `json:"started_at,omitzero"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`
 	Changes    []Change  `json:"changes,omitempty"`
+	// Outputs are the values the provider returned with the step's result,
+	// as strings ("verification" by convention proves the step's effect).
+	Outputs map[string]string `json:"outputs,omitempty"`
 	// HasCompensation: the plan declares a compensation for this step.
 	HasCompensation     bool   `json:"has_compensation,omitempty"`
 	CompensationState   string `json:"compensation_state,omitempty"`

@@ -550,6 +550,12 @@ func StatusOf(rec journal.PlanRecord, ownTenant string) *agentv1.PlanStatus {
 			CompensationState:   utf(s.CompensationState),
 			CompensationMessage: utf(s.CompensationMessage),
 		}
+		if len(s.Outputs) > 0 {
+			ss.Outputs = make(map[string]string, len(s.Outputs))
+			for k, v := range s.Outputs {
+				ss.Outputs[utf(k)] = utf(v)
+			}
+		}
 		for _, c := range s.Changes {
 			ss.Changes = append(ss.Changes, &agentv1.StepChange{Resource: utf(c.Resource), Operation: utf(c.Operation), Summary: utf(c.Summary)})
 		}
@@ -561,8 +567,8 @@ func StatusOf(rec journal.PlanRecord, ownTenant string) *agentv1.PlanStatus {
 
 // fitStatus makes st encode in at most maxStatusBytes, dropping detail in
 // order of least value: first each step's list of changes (replaced by one
-// entry saying how many were left out), then the length of the step
-// messages. Every step and its state are kept. A status that fits is left
+// entry saying how many were left out), then its outputs other than the
+// verification, then the length of the step messages. Every step and its state are kept. A status that fits is left
 // untouched.
 func fitStatus(st *agentv1.PlanStatus) {
 	if proto.Size(st) <= maxStatusBytes {
@@ -572,6 +578,16 @@ func fitStatus(st *agentv1.PlanStatus) {
 		if n := len(s.Changes); n > 0 {
 			s.Changes = []*agentv1.StepChange{{Resource: "…", Operation: "noop",
 				Summary: fmt.Sprintf("%d changes not reported: the plan's status would exceed %d bytes", n, maxStatusBytes)}}
+		}
+	}
+	if proto.Size(st) <= maxStatusBytes {
+		return
+	}
+	for _, s := range st.Steps {
+		if v, ok := s.Outputs["verification"]; ok {
+			s.Outputs = map[string]string{"verification": truncate(v, fittedMessage)}
+		} else {
+			s.Outputs = nil
 		}
 	}
 	if proto.Size(st) <= maxStatusBytes {

@@ -903,7 +903,8 @@ func TestStatusOf(t *testing.T) {
 		Steps: []journal.StepRecord{
 			{ID: "db", State: journal.StepSucceeded, StartedAt: t0, FinishedAt: t0.Add(time.Second), Attempts: 2,
 				Changes:         []journal.Change{{Resource: "tenants/acme/db", Operation: "create", Summary: "created db"}},
-				HasCompensation: true, CompensationState: journal.CompensationSucceeded, CompensationMessage: "dropped"},
+				HasCompensation: true, CompensationState: journal.CompensationSucceeded, CompensationMessage: "dropped",
+				Outputs: map[string]string{"verification": "ok \xff", "rows": "3"}},
 			{ID: "migrate", State: journal.StepFailed, Message: "bad \xff byte", StartedAt: t0.Add(2 * time.Second)},
 			{ID: "after", State: journal.StepSkipped},
 		},
@@ -914,7 +915,8 @@ func TestStatusOf(t *testing.T) {
 		Steps: []*agentv1.StepStatus{
 			{StepId: "db", State: "succeeded", StartedAt: timestamppb.New(t0), FinishedAt: timestamppb.New(t0.Add(time.Second)), Attempts: 2,
 				Changes:           []*agentv1.StepChange{{Resource: "tenants/acme/db", Operation: "create", Summary: "created db"}},
-				CompensationState: "succeeded", CompensationMessage: "dropped"},
+				CompensationState: "succeeded", CompensationMessage: "dropped",
+				Outputs: map[string]string{"verification": "ok \uFFFD", "rows": "3"}},
 			{StepId: "migrate", State: "failed", Message: "bad \uFFFD byte", StartedAt: timestamppb.New(t0.Add(2 * time.Second))},
 			{StepId: "after", State: "skipped"},
 		},
@@ -950,7 +952,15 @@ func TestStatusOfFitsOneMessage(t *testing.T) {
 		longMessages.Steps = append(longMessages.Steps, journal.StepRecord{ID: fmt.Sprintf("s%d", i), State: journal.StepSucceeded,
 			Message: strings.Repeat("m", 4<<10), CompensationState: journal.CompensationFailed, CompensationMessage: strings.Repeat("c", 4<<10)})
 	}
-	for _, rec := range []journal.PlanRecord{manyChanges, longMessages} {
+	manyOutputs := journal.PlanRecord{ID: "p3", Sequence: 3, State: journal.PlanSucceeded}
+	for i := range 200 {
+		st := journal.StepRecord{ID: fmt.Sprintf("s%d", i), State: journal.StepSucceeded, Outputs: map[string]string{"verification": "gone"}}
+		for k := range 31 {
+			st.Outputs[fmt.Sprintf("k%d", k)] = strings.Repeat("o", 2<<10)
+		}
+		manyOutputs.Steps = append(manyOutputs.Steps, st)
+	}
+	for _, rec := range []journal.PlanRecord{manyChanges, longMessages, manyOutputs} {
 		st := StatusOf(rec, "acme")
 		msg := &agentv1.AgentMessage{Id: 1 << 62, Body: &agentv1.AgentMessage_PlanStatus{PlanStatus: st}}
 		if n := proto.Size(msg); n > grpcx.MaxRecvMsgSize {
@@ -967,6 +977,9 @@ func TestStatusOfFitsOneMessage(t *testing.T) {
 	}
 	if c := StatusOf(manyChanges, "acme").GetSteps()[0].GetChanges(); len(c) != 1 || !strings.Contains(c[0].GetSummary(), "256 changes not reported") {
 		t.Fatalf("changes of a status that did not fit: %v", c)
+	}
+	if o := StatusOf(manyOutputs, "acme").GetSteps()[0].GetOutputs(); len(o) != 1 || o["verification"] != "gone" {
+		t.Fatalf("outputs of a status that did not fit: %d kept, verification %q", len(o), o["verification"])
 	}
 }
 

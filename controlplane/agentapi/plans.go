@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -29,6 +30,14 @@ const (
 	maxMessageBytes = 4 << 10
 	// maxAuditMessage bounds the agent's message copied into an audit record.
 	maxAuditMessage = 256
+	// Step outputs beyond these bounds are dropped or cut (the agent's
+	// executor keeps within them).
+	maxStepOutputs     = 32
+	maxOutputKeyBytes  = 64
+	maxOutputValueByte = 2 << 10
+	// maxAuditVerification bounds a step's verification output copied into
+	// the plan's audit record.
+	maxAuditVerification = 512
 )
 
 // offerRetry is how long a session waits before offering again after a
@@ -147,6 +156,15 @@ func (s *Service) planStatus(ctx context.Context, stream agentv1.AgentService_Se
 	if ps.GetDryRun() {
 		detail["dry_run"] = "true"
 	}
+	if u.State == store.PlanSucceeded || u.State == store.PlanFailed {
+		// What a step proved (e.g. that nothing of an erased tenant remains)
+		// belongs in the trail compliance reviewers read.
+		for _, st := range ps.GetSteps() {
+			if v, ok := st.GetOutputs()["verification"]; ok {
+				detail["verification."+st.GetStepId()] = truncate(v, maxAuditVerification)
+			}
+		}
+	}
 	entry := s.auditEntry(ctx, id, key.Tenant, "plan."+string(u.State), ps.GetPlanId(), outcome, detail)
 	_, err = s.cfg.Store.UpdatePlan(ctx, key, ps.GetPlanId(), u, &entry)
 	switch {
@@ -205,6 +223,7 @@ func planUpdate(ps *agentv1.PlanStatus, now time.Time) (store.PlanUpdate, error)
 		for i, st := range ps.GetSteps() {
 			st.Message = truncate(st.GetMessage(), maxMessageBytes)
 			st.CompensationMessage = truncate(st.GetCompensationMessage(), maxMessageBytes)
+			st.Outputs = boundOutputs(st.GetOutputs())
 			b, err := stepJSON.Marshal(st)
 			if err != nil {
 				return store.PlanUpdate{}, fmt.Errorf("steps[%d]: %w", i, err)
@@ -218,6 +237,30 @@ func planUpdate(ps *agentv1.PlanStatus, now time.Time) (store.PlanUpdate, error)
 		u.Steps = b
 	}
 	return u, nil
+}
+
+// boundOutputs keeps the verification output and then the first others in
+// key order, maxStepOutputs in all, with keys and values cut to their
+// bounds.
+func boundOutputs(o map[string]string) map[string]string {
+	if len(o) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(o))
+	for k := range o {
+		if k != "verification" {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	if _, ok := o["verification"]; ok {
+		keys = append([]string{"verification"}, keys...)
+	}
+	out := make(map[string]string, min(len(keys), maxStepOutputs))
+	for _, k := range keys[:min(len(keys), maxStepOutputs)] {
+		out[truncate(k, maxOutputKeyBytes)] = truncate(o[k], maxOutputValueByte)
+	}
+	return out
 }
 
 // truncate cuts s to at most n bytes on a UTF-8 boundary.

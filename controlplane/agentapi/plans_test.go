@@ -464,8 +464,12 @@ func TestPlanStatusStoredThenAcked(t *testing.T) {
 	done := &agentv1.PlanStatus{PlanId: p.ID, Tenant: "acme", Sequence: 1, State: "succeeded", Message: strings.Repeat("é", 3000),
 		Steps: []*agentv1.StepStatus{
 			{StepId: "a", State: "succeeded", Attempts: 1, Changes: []*agentv1.StepChange{{Resource: "x", Operation: "create", Summary: "made x"}}},
-			{StepId: "b", State: "succeeded", Attempts: 2, CompensationState: ""},
+			{StepId: "b", State: "succeeded", Attempts: 2, CompensationState: "",
+				Outputs: map[string]string{"verification": "tenant acme: 0 rows remain", "rows": "0"}},
 		}}
+	for i := range 40 {
+		done.Steps[1].Outputs[fmt.Sprintf("k%02d", i)] = strings.Repeat("v", 3000)
+	}
 	s.ack(t, s.send(t, done))
 	got := c.plan(t, p.ID)
 	if got.State != store.PlanSucceeded || got.FinishedAt == nil || len(got.Message) != 4096 || !strings.HasPrefix(got.Message, "éé") {
@@ -481,7 +485,17 @@ func TestPlanStatusStoredThenAcked(t *testing.T) {
 	if ch, _ := steps[0]["changes"].([]any); len(ch) != 1 || ch[0].(map[string]any)["operation"] != "create" {
 		t.Fatalf("stored changes %s", got.Steps)
 	}
+	outs, _ := steps[1]["outputs"].(map[string]any)
+	if len(outs) != 32 || len(outs["k00"].(string)) != 2048 {
+		t.Fatalf("stored outputs: %d kept (want 32), k00 of %d bytes", len(outs), len(outs["k00"].(string)))
+	}
+	if v, _ := outs["verification"].(string); v != "tenant acme: 0 rows remain" || outs["rows"] != nil {
+		t.Fatalf("outputs kept: verification %q, rows %v (want the verification, then the first in key order)", v, outs["rows"])
+	}
 
+	if recs := c.audits(t, "plan.succeeded"); len(recs) != 1 || !strings.Contains(string(recs[0].Detail), `"verification.b":"tenant acme: 0 rows remain"`) {
+		t.Fatalf("verification missing from the audit record: %+v", recs)
+	}
 	for _, action := range []string{"plan.accepted", "plan.running", "plan.succeeded"} {
 		recs := c.audits(t, action)
 		if len(recs) != 1 {

@@ -219,6 +219,7 @@ func mergeSteps(signed *planv1.Plan, reportJSON []byte) []apiv1.PlanStep {
 			}
 			ps.CompensationState = st.GetCompensationState()
 			ps.CompensationMessage = st.GetCompensationMessage()
+			ps.Outputs = st.GetOutputs()
 		}
 		out = append(out, ps)
 	}

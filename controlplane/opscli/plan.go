@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -537,7 +538,35 @@ func (g *globals) printSteps(p apiclient.Plan, wide bool) error {
 	if err := textout.Table(g.stdout, header, rows); err != nil {
 		return err
 	}
-	return g.printChanges(p)
+	if err := g.printChanges(p); err != nil {
+		return err
+	}
+	return g.printOutputs(p)
+}
+
+// printOutputs lists the values steps returned, the verification first.
+func (g *globals) printOutputs(p apiclient.Plan) error {
+	var rows [][]string
+	for _, s := range p.Steps {
+		keys := make([]string, 0, len(s.Outputs))
+		for k := range s.Outputs {
+			if k != "verification" {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		if _, ok := s.Outputs["verification"]; ok {
+			keys = append([]string{"verification"}, keys...)
+		}
+		for _, k := range keys {
+			rows = append(rows, []string{s.ID, cell(k), cell(s.Outputs[k])})
+		}
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintf(g.stdout, "\nOutputs:\n")
+	return textout.Table(g.stdout, []string{"STEP", "OUTPUT", "VALUE"}, rows)
 }
 
 // printChanges lists what the steps changed or, in a dry run, would change.

@@ -185,6 +185,7 @@ func TestPlanCommands(t *testing.T) {
 		StepId: "provision", State: "planned", Attempts: 1, Message: "would create 2 directories",
 		StartedAt: timestamppb.New(start), FinishedAt: timestamppb.New(start.Add(1500 * time.Millisecond)),
 		Changes: []*agentv1.StepChange{{Resource: "tenants/acme/config", Operation: "create", Summary: "mkdir 0750"}},
+		Outputs: map[string]string{"path": "tenants/acme", "verification": "2 directories would exist"},
 	})
 
 	list := admin.ok("plan", "list", "--tenant", "acme")
@@ -207,6 +208,7 @@ func TestPlanCommands(t *testing.T) {
 		"migrate    local/db.migrate        app.db    pending  -         -         -",
 		"Changes the plan would make (dry run, nothing was changed):",
 		"provision  create     tenants/acme/config  mkdir 0750",
+		"Outputs:\nSTEP       OUTPUT        VALUE\nprovision  verification  2 directories would exist\nprovision  path          tenants/acme\n",
 	} {
 		if !strings.Contains(show, want) {
 			t.Errorf("plan show lacks %q:\n%s", want, show)

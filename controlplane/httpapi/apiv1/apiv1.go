@@ -204,6 +204,10 @@ type PlanStep struct {
 	Changes             []StepChange `json:"changes,omitempty"`
 	CompensationState   string       `json:"compensation_state,omitempty"`
 	CompensationMessage string       `json:"compensation_message,omitempty"`
+	// Outputs are the values the provider returned with the step's result;
+	// "verification" states what a check proved (e.g. that nothing of an
+	// erased tenant remains).
+	Outputs map[string]string `json:"outputs,omitempty"`
 }
 
 // StepChange is one change a step made or, in a dry run, would make.

@@ -1037,8 +1037,13 @@ type StepStatus struct {
 	// "failed".
 	CompensationState   string `protobuf:"bytes,8,opt,name=compensation_state,json=compensationState,proto3" json:"compensation_state,omitempty"`
 	CompensationMessage string `protobuf:"bytes,9,opt,name=compensation_message,json=compensationMessage,proto3" json:"compensation_message,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Values the provider returned with the step's result (its outputs,
+	// rendered as strings). By convention "verification" holds the result of
+	// a check that proves the step's effect, e.g. that nothing of an erased
+	// tenant remains; the control plane copies it into the audit trail.
+	Outputs       map[string]string `protobuf:"bytes,10,rep,name=outputs,proto3" json:"outputs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepStatus) Reset() {
@@ -1132,6 +1137,13 @@ func (x *StepStatus) GetCompensationMessage() string {
 		return x.CompensationMessage
 	}
 	return ""
+}
+
+func (x *StepStatus) GetOutputs() map[string]string {
+	if x != nil {
+		return x.Outputs
+	}
+	return nil
 }
 
 // StepChange is one change a step made or would make.
@@ -1642,7 +1654,7 @@ const file_attache_agent_v1_agent_proto_rawDesc = "" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x122\n" +
 	"\x05steps\x18\x06 \x03(\v2\x1c.attache.agent.v1.StepStatusR\x05steps\x12\x16\n" +
 	"\x06reason\x18\a \x01(\tR\x06reason\x12\x17\n" +
-	"\adry_run\x18\b \x01(\bR\x06dryRun\"\x83\x03\n" +
+	"\adry_run\x18\b \x01(\bR\x06dryRun\"\x84\x04\n" +
 	"\n" +
 	"StepStatus\x12\x17\n" +
 	"\astep_id\x18\x01 \x01(\tR\x06stepId\x12\x14\n" +
@@ -1655,7 +1667,12 @@ const file_attache_agent_v1_agent_proto_rawDesc = "" +
 	"\battempts\x18\x06 \x01(\rR\battempts\x126\n" +
 	"\achanges\x18\a \x03(\v2\x1c.attache.agent.v1.StepChangeR\achanges\x12-\n" +
 	"\x12compensation_state\x18\b \x01(\tR\x11compensationState\x121\n" +
-	"\x14compensation_message\x18\t \x01(\tR\x13compensationMessage\"`\n" +
+	"\x14compensation_message\x18\t \x01(\tR\x13compensationMessage\x12C\n" +
+	"\aoutputs\x18\n" +
+	" \x03(\v2).attache.agent.v1.StepStatus.OutputsEntryR\aoutputs\x1a:\n" +
+	"\fOutputsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
 	"\n" +
 	"StepChange\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12\x1c\n" +
@@ -1713,7 +1730,7 @@ func file_attache_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_attache_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_attache_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_attache_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_attache_agent_v1_agent_proto_goTypes = []any{
 	(HealthStatus)(0),             // 0: attache.agent.v1.HealthStatus
 	(*EnrollRequest)(nil),         // 1: attache.agent.v1.EnrollRequest
@@ -1736,7 +1753,8 @@ var file_attache_agent_v1_agent_proto_goTypes = []any{
 	(*AgentConfig)(nil),           // 18: attache.agent.v1.AgentConfig
 	(*PlanOffer)(nil),             // 19: attache.agent.v1.PlanOffer
 	(*Ack)(nil),                   // 20: attache.agent.v1.Ack
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	nil,                           // 21: attache.agent.v1.StepStatus.OutputsEntry
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_attache_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: attache.agent.v1.AgentMessage.hello:type_name -> attache.agent.v1.Hello
@@ -1749,28 +1767,29 @@ var file_attache_agent_v1_agent_proto_depIdxs = []int32{
 	18, // 7: attache.agent.v1.ControlMessage.config:type_name -> attache.agent.v1.AgentConfig
 	8,  // 8: attache.agent.v1.Hello.inventory:type_name -> attache.agent.v1.Inventory
 	9,  // 9: attache.agent.v1.Inventory.providers:type_name -> attache.agent.v1.ProviderInfo
-	21, // 10: attache.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
+	22, // 10: attache.agent.v1.Heartbeat.sent_at:type_name -> google.protobuf.Timestamp
 	11, // 11: attache.agent.v1.Heartbeat.components:type_name -> attache.agent.v1.ComponentHealth
 	0,  // 12: attache.agent.v1.ComponentHealth.status:type_name -> attache.agent.v1.HealthStatus
 	13, // 13: attache.agent.v1.PlanStatus.steps:type_name -> attache.agent.v1.StepStatus
-	21, // 14: attache.agent.v1.StepStatus.started_at:type_name -> google.protobuf.Timestamp
-	21, // 15: attache.agent.v1.StepStatus.finished_at:type_name -> google.protobuf.Timestamp
+	22, // 14: attache.agent.v1.StepStatus.started_at:type_name -> google.protobuf.Timestamp
+	22, // 15: attache.agent.v1.StepStatus.finished_at:type_name -> google.protobuf.Timestamp
 	14, // 16: attache.agent.v1.StepStatus.changes:type_name -> attache.agent.v1.StepChange
-	16, // 17: attache.agent.v1.UsageBatch.records:type_name -> attache.agent.v1.UsageRecord
-	21, // 18: attache.agent.v1.UsageRecord.at:type_name -> google.protobuf.Timestamp
-	21, // 19: attache.agent.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
-	18, // 20: attache.agent.v1.Welcome.config:type_name -> attache.agent.v1.AgentConfig
-	1,  // 21: attache.agent.v1.EnrollmentService.Enroll:input_type -> attache.agent.v1.EnrollRequest
-	5,  // 22: attache.agent.v1.AgentService.Session:input_type -> attache.agent.v1.AgentMessage
-	3,  // 23: attache.agent.v1.AgentService.RenewSVID:input_type -> attache.agent.v1.RenewSVIDRequest
-	2,  // 24: attache.agent.v1.EnrollmentService.Enroll:output_type -> attache.agent.v1.EnrollResponse
-	6,  // 25: attache.agent.v1.AgentService.Session:output_type -> attache.agent.v1.ControlMessage
-	4,  // 26: attache.agent.v1.AgentService.RenewSVID:output_type -> attache.agent.v1.RenewSVIDResponse
-	24, // [24:27] is the sub-list for method output_type
-	21, // [21:24] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	21, // 17: attache.agent.v1.StepStatus.outputs:type_name -> attache.agent.v1.StepStatus.OutputsEntry
+	16, // 18: attache.agent.v1.UsageBatch.records:type_name -> attache.agent.v1.UsageRecord
+	22, // 19: attache.agent.v1.UsageRecord.at:type_name -> google.protobuf.Timestamp
+	22, // 20: attache.agent.v1.Welcome.server_time:type_name -> google.protobuf.Timestamp
+	18, // 21: attache.agent.v1.Welcome.config:type_name -> attache.agent.v1.AgentConfig
+	1,  // 22: attache.agent.v1.EnrollmentService.Enroll:input_type -> attache.agent.v1.EnrollRequest
+	5,  // 23: attache.agent.v1.AgentService.Session:input_type -> attache.agent.v1.AgentMessage
+	3,  // 24: attache.agent.v1.AgentService.RenewSVID:input_type -> attache.agent.v1.RenewSVIDRequest
+	2,  // 25: attache.agent.v1.EnrollmentService.Enroll:output_type -> attache.agent.v1.EnrollResponse
+	6,  // 26: attache.agent.v1.AgentService.Session:output_type -> attache.agent.v1.ControlMessage
+	4,  // 27: attache.agent.v1.AgentService.RenewSVID:output_type -> attache.agent.v1.RenewSVIDResponse
+	25, // [25:28] is the sub-list for method output_type
+	22, // [22:25] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_attache_agent_v1_agent_proto_init() }
@@ -1796,7 +1815,7 @@ func file_attache_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_attache_agent_v1_agent_proto_rawDesc), len(file_attache_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
