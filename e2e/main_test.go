@@ -4,8 +4,8 @@ import (
 	"os"
 	"testing"
 
-	"attache.dev/attache/testenv/pgtest"
 	"attache.dev/attache/e2e/harness"
+	"attache.dev/attache/testenv/pgtest"
 )
 
 func TestMain(m *testing.M) {

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"attache.dev/attache/controlplane/apiclient"
-	"attache.dev/attache/testenv/pgtest"
 	"attache.dev/attache/e2e/harness"
 	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/testenv/pgtest"
 )
 
 // Agent statuses as the ops API reports them.

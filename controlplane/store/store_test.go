@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"attache.dev/attache/controlplane/store"
-	"attache.dev/attache/testenv/pgtest"
 	"attache.dev/attache/controlplane/store/storetest"
 	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/testenv/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
