@@ -79,7 +79,7 @@ func TestProviderPin(t *testing.T) {
 
 	// A relative path is pinned as an absolute one.
 	t.Chdir(filepath.Dir(path))
-	out, _, err := runCLI(t, "provider", "pin", "--name", "local", "./"+filepath.Base(path), "--config", providerConfig)
+	out, _, err := runCLI(t, "provider", "pin", "--name", "local", "./"+filepath.Base(path), "--config", providerConfig, "--pass-env", "ATTACHE_A,ATTACHE_B")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestProviderPin(t *testing.T) {
 		t.Fatalf("pin output %s", out)
 	}
 	e := cfg.Providers[0]
-	if e.Name != "local" || e.Path != path || e.SHA256 != sum || string(e.Config) != providerConfig {
+	if e.Name != "local" || e.Path != path || e.SHA256 != sum || string(e.Config) != providerConfig || strings.Join(e.PassEnv, " ") != "ATTACHE_A ATTACHE_B" {
 		t.Fatalf("pinned entry %+v (config %s), want local, %s, %s", e, e.Config, path, sum)
 	}
 	// The same through a config file.
@@ -147,6 +147,7 @@ func TestProviderPin(t *testing.T) {
 		{[]string{"provider", "pin", path}, `"name" not set`},
 		{[]string{"provider", "pin", "--name", "local", path, "--config", "{root"}, "--config: not valid JSON"},
 		{[]string{"provider", "pin", "--name", "Local", path}, "DNS label"},
+		{[]string{"provider", "pin", "--name", "local", path, "--pass-env", "PATH"}, "pass_env[0]: PATH is set by the agent"},
 		{[]string{"provider", "pin", "--name", "local", filepath.Join(root, "missing")}, "no such file"},
 	} {
 		if _, _, err := runCLI(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -18,6 +18,7 @@ func newProviderCommand(stdout io.Writer) *cobra.Command {
 	}
 	var (
 		name, config string
+		passEnv      []string
 	)
 	pin := &cobra.Command{
 		Use:   "pin PATH",
@@ -27,7 +28,12 @@ SHA-256, ready to paste into the agent's --config file. The agent refuses to
 start a provider whose binary no longer matches the pinned checksum, so re-run
 this after upgrading a provider.`,
 		Example: `  attache-agent provider pin --name local /usr/local/libexec/attache/attache-provider-local \
-      --config '{"root":"/var/lib/attache/local"}'`,
+      --config '{"root":"/var/lib/attache/local"}'
+
+  # The database connection string reaches only this provider, from the
+  # agent's environment (never from a file or a plan):
+  attache-agent provider pin --name postgres /usr/local/libexec/attache/attache-provider-postgres \
+      --pass-env ATTACHE_POSTGRES_DSN --config '{"dsn_env":"ATTACHE_POSTGRES_DSN"}'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			var raw json.RawMessage
@@ -41,6 +47,10 @@ this after upgrading a provider.`,
 			if err != nil {
 				return err
 			}
+			e.PassEnv = passEnv
+			if err := catalog.Validate([]catalog.Entry{e}); err != nil {
+				return err
+			}
 			out, err := yaml.Marshal(Config{Providers: []catalog.Entry{e}})
 			if err != nil {
 				return err
@@ -51,6 +61,7 @@ this after upgrading a provider.`,
 	}
 	pin.Flags().StringVar(&name, "name", "", "provider name plan steps use, e.g. local (required)")
 	pin.Flags().StringVar(&config, "config", "", "the provider's configuration, as JSON")
+	pin.Flags().StringSliceVar(&passEnv, "pass-env", nil, "names of agent environment variables this provider receives (e.g. the one holding a database connection string); repeatable")
 	_ = pin.MarkFlagRequired("name")
 	cmd.AddCommand(pin)
 	return cmd

@@ -45,6 +45,12 @@ type Entry struct {
 	SHA256 string `json:"sha256"`
 	// Config is the provider's configuration, passed to Configure as JSON.
 	Config json.RawMessage `json:"config,omitempty"`
+	// PassEnv names variables of the agent's environment handed to this
+	// provider's process, and only to it: how a secret such as a database
+	// connection string reaches a provider (its config names the variable)
+	// without appearing in a file or a plan. Nothing else of the agent's
+	// environment is inherited. A variable that is not set is not passed.
+	PassEnv []string `json:"pass_env,omitempty"`
 }
 
 // Options tune a Catalog. Zero values take the defaults.
@@ -106,7 +112,24 @@ type Catalog struct {
 	plugins map[string]*managed
 }
 
-var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+	// reservedEnv are variables the catalog or go-plugin set themselves.
+	reservedEnv = map[string]bool{"PATH": true, "TMPDIR": true, sdk.Handshake.MagicCookieKey: true}
+)
+
+// processEnv is a provider's environment: the catalog's base, then each
+// variable of passEnv that lookup finds.
+func processEnv(base, passEnv []string, lookup func(string) (string, bool)) []string {
+	env := append([]string(nil), base...)
+	for _, k := range passEnv {
+		if v, ok := lookup(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
 
 // Validate reports every problem with entries at once.
 func Validate(entries []Entry) error {
@@ -129,6 +152,14 @@ func Validate(entries []Entry) error {
 		}
 		if len(e.Config) > 0 && !json.Valid(e.Config) {
 			errs = append(errs, fmt.Errorf("%s: config is not valid JSON", where))
+		}
+		for j, v := range e.PassEnv {
+			switch {
+			case !envNameRE.MatchString(v):
+				errs = append(errs, fmt.Errorf("%s: pass_env[%d]: %q is not an environment variable name", where, j, v))
+			case reservedEnv[v] || strings.HasPrefix(v, "PLUGIN_"):
+				errs = append(errs, fmt.Errorf("%s: pass_env[%d]: %s is set by the agent or go-plugin and cannot be passed", where, j, v))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -265,7 +296,7 @@ func (m *managed) start(ctx context.Context) error {
 		return err
 	}
 	cmd := exec.Command(m.entry.Path)
-	cmd.Env = append([]string(nil), m.cat.opts.Env...)
+	cmd.Env = processEnv(m.cat.opts.Env, m.entry.PassEnv, os.LookupEnv)
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		Plugins:          sdk.PluginSet(),

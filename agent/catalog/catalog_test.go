@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -127,14 +128,31 @@ func TestValidate(t *testing.T) {
 		{Name: "Local", Path: "rel/path", SHA256: "xyz"},
 		{Name: "ok", Path: "/bin/true", SHA256: strings.Repeat("a", 64), Config: []byte("{")},
 		{Name: "ok", Path: "/bin/true", SHA256: strings.Repeat("a", 64)},
+		{Name: "env", Path: "/bin/true", SHA256: strings.Repeat("a", 64), PassEnv: []string{"GOOD_1", "bad-name", "PATH", "PLUGIN_PROTOCOL_VERSIONS"}},
 	})
-	for _, want := range []string{"DNS label", "absolute", "64 hex", "not valid JSON", "duplicate"} {
+	for _, want := range []string{"DNS label", "absolute", "64 hex", "not valid JSON", "duplicate",
+		`pass_env[1]: "bad-name" is not`, "pass_env[2]: PATH is set by", "pass_env[3]: PLUGIN_PROTOCOL_VERSIONS"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate: %v; want it to mention %q", err, want)
 		}
 	}
 	if _, err := load(t, []Entry{{Name: "x", Path: "/nonexistent/attache-provider-x", SHA256: strings.Repeat("a", 64)}}); err == nil || !strings.Contains(err.Error(), `provider "x"`) {
 		t.Errorf("missing binary: %v", err)
+	}
+}
+
+// TestProcessEnv: a provider gets the base environment and only the
+// variables its entry passes, when set.
+func TestProcessEnv(t *testing.T) {
+	agentEnv := map[string]string{"ATTACHE_PG_DSN": "postgres://u:secret@db/app", "AWS_SECRET_ACCESS_KEY": "k", "EMPTY": ""}
+	lookup := func(k string) (string, bool) { v, ok := agentEnv[k]; return v, ok }
+	got := processEnv([]string{"PATH=/bin"}, []string{"ATTACHE_PG_DSN", "UNSET", "EMPTY"}, lookup)
+	want := []string{"PATH=/bin", "ATTACHE_PG_DSN=postgres://u:secret@db/app", "EMPTY="}
+	if !slices.Equal(got, want) {
+		t.Fatalf("processEnv = %q, want %q", got, want)
+	}
+	if got := processEnv([]string{"PATH=/bin"}, nil, lookup); !slices.Equal(got, []string{"PATH=/bin"}) {
+		t.Fatalf("without pass_env: %q", got)
 	}
 }
 
