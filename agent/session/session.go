@@ -45,6 +45,26 @@ type Config struct {
 	// Plans receives plan offers and supplies plan status reports.
 	// Required.
 	Plans Plans
+	// Usage supplies spooled usage batches and learns of their
+	// acknowledgement; nil sends none.
+	Usage Usage
+	// UsageWindow bounds the usage batches in flight (sent, not yet
+	// acknowledged) on one session. Default 8.
+	UsageWindow int
+}
+
+// Usage is what the session needs from the agent's usage spool: batches are
+// written durably before they are offered here, and deleted only once the
+// control plane acknowledged them, so a batch is sent again after any
+// disconnect until it is acknowledged.
+type Usage interface {
+	// Changed is signalled when new batches were spooled.
+	Changed() <-chan struct{}
+	// Pending returns up to limit unacknowledged batches with a sequence
+	// above after, in sequence order.
+	Pending(after uint64, limit int) ([]*agentv1.UsageBatch, error)
+	// Acked records that the control plane stored batch seq.
+	Acked(seq uint64) error
 }
 
 // Plans is what the session needs from the agent's plan runner
@@ -90,6 +110,9 @@ func New(cfg Config) *Client {
 	}
 	if cfg.StableAfter <= 0 {
 		cfg.StableAfter = 30 * time.Second
+	}
+	if cfg.UsageWindow <= 0 {
+		cfg.UsageWindow = 8
 	}
 	return &Client{cfg: cfg}
 }
@@ -240,6 +263,40 @@ func (c *Client) runOnce(ctx context.Context) error {
 	if err := report(); err != nil {
 		return err
 	}
+	// Usage batches: every unacknowledged batch is sent once per session,
+	// at most UsageWindow in flight; usageSent is the highest sequence sent.
+	var (
+		usageSent     uint64
+		usageInFlight = map[uint64]uint64{} // message id → batch sequence
+		usageChanged  <-chan struct{}
+	)
+	sendUsage := func() error {
+		if c.cfg.Usage == nil {
+			return nil
+		}
+		room := c.cfg.UsageWindow - len(usageInFlight)
+		if room <= 0 {
+			return nil
+		}
+		batches, err := c.cfg.Usage.Pending(usageSent, room)
+		if err != nil {
+			return fmt.Errorf("usage spool: %w", err)
+		}
+		for _, b := range batches {
+			if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_UsageBatch{UsageBatch: b}}); err != nil {
+				return err
+			}
+			usageInFlight[msgID] = b.GetSequence()
+			usageSent = max(usageSent, b.GetSequence())
+		}
+		return nil
+	}
+	if c.cfg.Usage != nil {
+		usageChanged = c.cfg.Usage.Changed()
+	}
+	if err := sendUsage(); err != nil {
+		return err
+	}
 	changed := c.cfg.Plans.Changed()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -257,6 +314,10 @@ func (c *Client) runOnce(ctx context.Context) error {
 			if err := report(); err != nil {
 				return err
 			}
+		case <-usageChanged:
+			if err := sendUsage(); err != nil {
+				return err
+			}
 		case m := <-in:
 			switch b := m.GetBody().(type) {
 			case *agentv1.ControlMessage_Config:
@@ -265,6 +326,18 @@ func (c *Client) runOnce(ctx context.Context) error {
 					tick.Reset(interval)
 				}
 			case *agentv1.ControlMessage_Ack:
+				if seq, ok := usageInFlight[b.Ack.GetRef()]; ok {
+					delete(usageInFlight, b.Ack.GetRef())
+					if got := b.Ack.GetUsageSequence(); got != seq {
+						return fmt.Errorf("control plane acknowledged usage batch %d for the message that carried batch %d", got, seq)
+					}
+					if err := c.cfg.Usage.Acked(seq); err != nil {
+						return fmt.Errorf("usage spool: %w", err)
+					}
+					if err := sendUsage(); err != nil {
+						return err
+					}
+				}
 				if r, ok := inFlight[b.Ack.GetRef()]; ok {
 					delete(inFlight, b.Ack.GetRef())
 					c.cfg.Plans.Acked(r.plan, r.version)
