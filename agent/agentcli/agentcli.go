@@ -7,6 +7,8 @@
 package agentcli
 
 import (
+	"attache.dev/attache/agent/spool"
+	"attache.dev/attache/agent/telemetry"
 	"context"
 	"errors"
 	"fmt"
@@ -55,7 +57,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 func newRunCommand(stderr io.Writer) *cobra.Command {
 	var (
 		stateDir, token, tokenFile, logLevel, logFormat, configPath string
-		backoffMax                                                  time.Duration
+		backoffMax, usageInterval                                   time.Duration
 		newJournal                                                  bool
 	)
 	cmd := &cobra.Command{
@@ -119,7 +121,7 @@ journal while the agent is stopped.`,
 			if err := catalog.CheckBinaries(cfg.Providers); err != nil {
 				return fmt.Errorf("config %s: %w", configPath, err)
 			}
-			return run(cmd.Context(), logger, stateDir, token, backoffMax, cfg, newJournal)
+			return run(cmd.Context(), logger, stateDir, token, backoffMax, cfg, newJournal, usageInterval)
 		},
 	}
 	f := cmd.Flags()
@@ -131,6 +133,7 @@ journal while the agent is stopped.`,
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	f.BoolVar(&newJournal, "new-journal", false, "start a new, empty plan journal for an enrolled agent whose journal.db is lost (resets replay protection)")
 	f.DurationVar(&backoffMax, "reconnect-max-delay", 10*time.Second, "upper bound of the jittered reconnect delay")
+	f.DurationVar(&usageInterval, "usage-interval", telemetry.DefaultInterval, "how often to collect health and usage from the providers (usage is spooled in spool.db before it is sent)")
 	_ = cmd.MarkFlagRequired("state-dir")
 	return cmd
 }
@@ -147,7 +150,7 @@ type ExitError struct {
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
-func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backoffMax time.Duration, cfg *Config, newJournal bool) error {
+func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backoffMax time.Duration, cfg *Config, newJournal bool, usageInterval time.Duration) error {
 	journalPath := filepath.Join(stateDir, JournalFile)
 	var jr *journal.Journal
 	defer func() {
@@ -197,11 +200,30 @@ func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backo
 			return err
 		}
 	}
+	// A new spool starts above any sequence a lost one may have used (the
+	// control plane ingests each agent sequence once).
+	sp, err := spool.Open(filepath.Join(stateDir, spool.FileName), spool.Options{StartAfter: uint64(time.Now().UnixMicro())})
+	if err != nil {
+		return err
+	}
+	defer sp.Close()
 	cat, err := loadProviders(ctx, logger, st.ID, cfg.Providers)
 	if err != nil {
 		return err
 	}
 	defer cat.Close()
+	tenant, _, err := identity.ParseAgentID(st.ID.TrustDomain(), st.ID)
+	if err != nil {
+		return err
+	}
+	collector, err := telemetry.New(telemetry.Config{
+		Spool: sp, Providers: cat, Tenant: tenant, Interval: usageInterval,
+		Self:   func() []*agentv1.ComponentHealth { return health(st) },
+		Logger: logger.With("component", "telemetry"),
+	})
+	if err != nil {
+		return err
+	}
 	inventory := providerInventory(ctx, cat, cfg.Providers, logger)
 	runner, err := planrun.New(planrun.Config{
 		Journal: jr,
@@ -220,13 +242,15 @@ func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backo
 	go func() { renewDone <- st.RunRenewer(ctx, logger.With("component", "svid")) }()
 	wg.Go(func() { _ = cat.Run(ctx) })
 	wg.Go(func() { _ = runner.Run(ctx) })
+	wg.Go(func() { _ = collector.Run(ctx) })
 
 	client := session.New(session.Config{
 		State:      st,
 		Logger:     logger.With("component", "session"),
 		BackoffMax: backoffMax,
-		Health:     func() []*agentv1.ComponentHealth { return health(st) },
+		Health:     collector.Health,
 		Plans:      runner,
+		Usage:      collector,
 		Providers:  inventory,
 	})
 	err = client.Run(ctx)

@@ -1,0 +1,319 @@
+// Package telemetry is the agent's collector of health and usage: every
+// interval it asks each provider for Health and Usage, writes the usage to
+// the durable spool (agent/spool) BEFORE anything is sent, and serves the
+// session both the heartbeat's component health and the spooled batches
+// (it implements session.Usage).
+//
+// Usage policy: a provider's samples count for the agent's own tenant (a
+// sample naming another tenant is not sent: the control plane would refuse
+// the whole batch; such samples are counted and shown in the "usage"
+// component). Meters are prefixed with the provider's name
+// ("postgres.storage_bytes") so providers cannot collide. When the spool is
+// full, samples wait in memory (up to Config.MaxBacklog records) and the "usage"
+// component turns degraded — back-pressure the control plane sees in the
+// heartbeat; only beyond that bound are the oldest waiting samples lost, and
+// the component turns unhealthy with the count. Usage is never dropped
+// silently.
+//
+// Only the agent's command (agent/agentcli) imports telemetry.
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"attache.dev/attache/agent/spool"
+	agentv1 "attache.dev/attache/protocol/gen/attache/agent/v1"
+	providerv1 "attache.dev/attache/protocol/gen/attache/provider/v1"
+	"attache.dev/attache/providers/sdk"
+)
+
+// Defaults and bounds.
+const (
+	DefaultInterval    = time.Minute
+	DefaultCallTimeout = 20 * time.Second
+	// DefaultMaxBacklog bounds the samples kept in memory while the spool
+	// is full.
+	DefaultMaxBacklog = 100_000
+	// MaxComponentsPerProvider bounds the health components taken from one
+	// provider per round.
+	MaxComponentsPerProvider = 200
+)
+
+// Providers hands out the agent's providers; *catalog.Catalog satisfies it.
+type Providers interface {
+	Names() []string
+	Provider(name string) (sdk.Provider, error)
+}
+
+// Config configures a Collector.
+type Config struct {
+	// Spool is where usage is written before it is sent. Required.
+	Spool *spool.Spool
+	// Providers are asked for Health and Usage; nil means none.
+	Providers Providers
+	// Tenant is the agent's own tenant. Required.
+	Tenant string
+	// Interval between collections; default DefaultInterval.
+	Interval time.Duration
+	// CallTimeout bounds each provider call; default DefaultCallTimeout.
+	CallTimeout time.Duration
+	// MaxBacklog bounds the samples kept in memory while the spool is
+	// full; default DefaultMaxBacklog.
+	MaxBacklog int
+	// Self reports the agent's own components (agent, svid); may be nil.
+	Self   func() []*agentv1.ComponentHealth
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Collector collects, spools and serves health and usage.
+type Collector struct {
+	cfg     Config
+	changed chan struct{}
+
+	mu        sync.Mutex
+	providers []*agentv1.ComponentHealth // from the last round
+	backlog   []spool.Record             // waiting for room in the spool
+	lost      uint64                     // samples dropped beyond MaxBacklog
+	foreign   uint64                     // samples naming another tenant
+	invalid   uint64                     // samples with a bad meter or value
+	lastErr   string                     // last spool error other than full
+	rounds    uint64
+}
+
+// New returns a collector; Run starts it.
+func New(cfg Config) (*Collector, error) {
+	if cfg.Spool == nil {
+		return nil, fmt.Errorf("telemetry: Spool is required")
+	}
+	if cfg.Tenant == "" {
+		return nil, fmt.Errorf("telemetry: Tenant is required")
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.CallTimeout <= 0 {
+		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if cfg.Logger == nil {
+		return nil, fmt.Errorf("telemetry: Logger is required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxBacklog <= 0 {
+		cfg.MaxBacklog = DefaultMaxBacklog
+	}
+	return &Collector{cfg: cfg, changed: make(chan struct{}, 1)}, nil
+}
+
+// Run collects at once and then every Interval until ctx ends.
+func (c *Collector) Run(ctx context.Context) error {
+	t := time.NewTicker(c.cfg.Interval)
+	defer t.Stop()
+	for {
+		c.Collect(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// meterRE is the spool's (and the control plane's) meter pattern.
+var meterRE = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,99}$`)
+
+// Collect runs one round: health and usage from every provider, usage
+// spooled (with whatever waited for room), the session signalled.
+func (c *Collector) Collect(ctx context.Context) {
+	now := c.cfg.Now()
+	var (
+		comps            []*agentv1.ComponentHealth
+		recs             []spool.Record
+		foreign, invalid uint64
+		providerNames    []string
+	)
+	if c.cfg.Providers != nil {
+		providerNames = c.cfg.Providers.Names()
+	}
+	for _, name := range providerNames {
+		p, err := c.cfg.Providers.Provider(name)
+		if err != nil {
+			comps = append(comps, component("provider/"+name, agentv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, err.Error()))
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
+		h, err := p.Health(cctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			comps = append(comps, component("provider/"+name, agentv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, "health: "+err.Error()))
+		} else {
+			for i, hc := range h.GetComponents() {
+				if i == MaxComponentsPerProvider {
+					comps = append(comps, component("provider/"+name, agentv1.HealthStatus_HEALTH_STATUS_DEGRADED,
+						fmt.Sprintf("%d more components not reported", len(h.GetComponents())-i)))
+					break
+				}
+				cname := "provider/" + name + "/" + hc.GetName()
+				if t := hc.GetTenant(); t != "" && t != c.cfg.Tenant {
+					cname += "@" + t
+				}
+				comps = append(comps, component(cname, providerStatus(hc.GetStatus()), hc.GetMessage()))
+			}
+		}
+		cctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
+		u, err := p.Usage(cctx, &providerv1.UsageRequest{})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.cfg.Logger.Warn("provider usage", "provider", name, "err", err)
+			comps = append(comps, component("provider/"+name+"/usage", agentv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, err.Error()))
+			continue
+		}
+		prefix := strings.ReplaceAll(name, "-", "_") + "."
+		for _, s := range u.GetSamples() {
+			if t := s.GetTenant(); t != "" && t != c.cfg.Tenant {
+				foreign++
+				continue
+			}
+			meter := prefix + s.GetMeter()
+			v := s.GetValue()
+			if !meterRE.MatchString(meter) || math.IsNaN(v) || math.IsInf(v, 0) {
+				invalid++
+				continue
+			}
+			at := now
+			if s.GetTime() != nil && s.GetTime().IsValid() {
+				at = s.GetTime().AsTime()
+			}
+			recs = append(recs, spool.Record{Tenant: c.cfg.Tenant, Meter: meter, Value: v, At: at})
+		}
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.rounds++
+	c.providers = comps
+	c.foreign += foreign
+	c.invalid += invalid
+	if foreign > 0 {
+		c.cfg.Logger.Warn("usage samples for other tenants not sent", "count", foreign, "tenant", c.cfg.Tenant)
+	}
+	pending := append(c.backlog, recs...)
+	if len(pending) == 0 {
+		return
+	}
+	_, err := c.cfg.Spool.AddUsage(pending)
+	switch {
+	case err == nil:
+		c.backlog, c.lastErr = nil, ""
+		select {
+		case c.changed <- struct{}{}:
+		default:
+		}
+	default:
+		if over := len(pending) - c.cfg.MaxBacklog; over > 0 {
+			c.lost += uint64(over)
+			pending = pending[over:]
+			c.cfg.Logger.Error("usage samples lost: the spool is full and the backlog is at its bound", "lost", over, "backlog", len(pending))
+		}
+		c.backlog = append([]spool.Record(nil), pending...)
+		c.lastErr = err.Error()
+		c.cfg.Logger.Warn("usage not spooled yet; kept in memory", "records", len(pending), "err", err)
+	}
+}
+
+// Health is the heartbeat's component list: the agent's own, the
+// providers' from the last round, and the usage pipeline's.
+func (c *Collector) Health() []*agentv1.ComponentHealth {
+	var out []*agentv1.ComponentHealth
+	if c.cfg.Self != nil {
+		out = append(out, c.cfg.Self()...)
+	}
+	c.mu.Lock()
+	out = append(out, c.providers...)
+	out = append(out, c.usageComponent())
+	c.mu.Unlock()
+	sort.SliceStable(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	return out
+}
+
+// usageComponent describes the usage pipeline; c.mu must be held.
+func (c *Collector) usageComponent() *agentv1.ComponentHealth {
+	st := c.cfg.Spool.Stats()
+	msg := fmt.Sprintf("%d batches (%d records, %d bytes) waiting for acknowledgement", st.UsageBatches, st.UsageRecords, st.Bytes)
+	status := agentv1.HealthStatus_HEALTH_STATUS_HEALTHY
+	var notes []string
+	if len(c.backlog) > 0 {
+		status = agentv1.HealthStatus_HEALTH_STATUS_DEGRADED
+		notes = append(notes, fmt.Sprintf("back-pressure: %d samples wait in memory (%s)", len(c.backlog), c.lastErr))
+	}
+	if c.foreign > 0 {
+		notes = append(notes, fmt.Sprintf("%d samples named another tenant and were not sent", c.foreign))
+	}
+	if c.invalid > 0 {
+		notes = append(notes, fmt.Sprintf("%d samples had an invalid meter or value and were not sent", c.invalid))
+	}
+	if c.lost > 0 {
+		status = agentv1.HealthStatus_HEALTH_STATUS_UNHEALTHY
+		notes = append(notes, fmt.Sprintf("%d samples LOST: the spool stayed full beyond the backlog bound", c.lost))
+	}
+	if len(notes) > 0 {
+		msg += "; " + strings.Join(notes, "; ")
+	}
+	return component("usage", status, msg)
+}
+
+// Changed is signalled after usage was spooled (session.Usage).
+func (c *Collector) Changed() <-chan struct{} { return c.changed }
+
+// Pending returns spooled batches for the session (session.Usage).
+func (c *Collector) Pending(after uint64, limit int) ([]*agentv1.UsageBatch, error) {
+	bs, err := c.cfg.Spool.Pending(after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*agentv1.UsageBatch, 0, len(bs))
+	for _, b := range bs {
+		ub := &agentv1.UsageBatch{Sequence: b.Sequence, Records: make([]*agentv1.UsageRecord, 0, len(b.Records))}
+		for _, r := range b.Records {
+			ub.Records = append(ub.Records, &agentv1.UsageRecord{Tenant: r.Tenant, Meter: r.Meter, Value: r.Value, At: timestamppb.New(r.At)})
+		}
+		out = append(out, ub)
+	}
+	return out, nil
+}
+
+// Acked deletes an acknowledged batch from the spool (session.Usage).
+func (c *Collector) Acked(seq uint64) error { return c.cfg.Spool.Ack(seq) }
+
+func component(name string, st agentv1.HealthStatus, msg string) *agentv1.ComponentHealth {
+	return &agentv1.ComponentHealth{Name: name, Status: st, Message: msg}
+}
+
+func providerStatus(s providerv1.ComponentStatus) agentv1.HealthStatus {
+	switch s {
+	case providerv1.ComponentStatus_COMPONENT_STATUS_HEALTHY:
+		return agentv1.HealthStatus_HEALTH_STATUS_HEALTHY
+	case providerv1.ComponentStatus_COMPONENT_STATUS_DEGRADED:
+		return agentv1.HealthStatus_HEALTH_STATUS_DEGRADED
+	default:
+		return agentv1.HealthStatus_HEALTH_STATUS_UNHEALTHY
+	}
+}
