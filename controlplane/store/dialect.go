@@ -13,11 +13,12 @@ type dialect struct {
 	name      string
 	pg        bool
 	forUpdate string // row-lock suffix for SELECT, empty where the engine has one writer
+	greatest  string // the two-argument maximum function
 }
 
 var (
-	sqliteDialect   = dialect{name: EngineSQLite}
-	postgresDialect = dialect{name: EnginePostgres, pg: true, forUpdate: " FOR UPDATE"}
+	sqliteDialect   = dialect{name: EngineSQLite, greatest: "MAX"}
+	postgresDialect = dialect{name: EnginePostgres, pg: true, forUpdate: " FOR UPDATE", greatest: "GREATEST"}
 )
 
 // rebind turns ? placeholders into $1, $2, … on PostgreSQL. Queries in this

@@ -25,6 +25,11 @@ var (
 	ErrRevoked       = errors.New("agent revoked")
 	// ErrPlanAcknowledged: the plan's agent already accepted or refused it.
 	ErrPlanAcknowledged = errors.New("plan already acknowledged by its agent")
+	// ErrInvalid: the input breaks a rule the store enforces (a usage
+	// record's meter, value or time, a health report's component); the
+	// text names the offending record or component and field. Nothing was
+	// stored.
+	ErrInvalid = errors.New("invalid input")
 )
 
 // Role is an API token's role.
@@ -192,6 +197,42 @@ type Store interface {
 	// acknowledged and appends the audit entry, atomically: ErrNotFound for
 	// an unknown plan, ErrPlanAcknowledged for an acknowledged one.
 	UpdatePlanEnvelope(ctx context.Context, id string, env []byte, audit auditlog.Entry) error
+
+	// IngestUsage stores batch seq of agent k exactly once, atomically: a
+	// ledger row unique per (tenant, agent, seq), and the records folded
+	// into hourly rows per tenant, meter and UTC hour (sum, count, max,
+	// last). A batch already in the ledger changes nothing and returns
+	// duplicate=true, also when another replica stores it at the same
+	// moment. The tenant is k.Tenant (the caller takes it from the agent's
+	// SVID). ErrInvalid, storing nothing, when seq is 0, there are more
+	// than MaxUsageBatch records, or any record has a bad meter
+	// (ValidMeter), a value that is not finite, or a zero time; the error
+	// names the record's index and field. ErrNotFound for an unknown agent.
+	IngestUsage(ctx context.Context, k AgentKey, seq uint64, recs []UsageRecord) (duplicate bool, err error)
+	// QueryUsage lists hourly usage ordered by tenant, meter and hour.
+	QueryUsage(ctx context.Context, f UsageFilter) ([]UsageHour, error)
+	// UsageTotals folds each meter of the tenant (of every tenant when
+	// tenant is empty) over all time, ordered by tenant and meter; Hour is
+	// zero.
+	UsageTotals(ctx context.Context, tenant string) ([]UsageHour, error)
+
+	// RecordHealth stores agent k's component states as of at and appends
+	// a health event for each component whose status changed from the last
+	// recorded one (or that is new), so history stays small. ErrInvalid for
+	// a bad component, ErrNotFound for an unknown agent.
+	RecordHealth(ctx context.Context, k AgentKey, at time.Time, cs []ComponentState) error
+	// HealthEvents lists agent k's health events, newest first.
+	HealthEvents(ctx context.Context, k AgentKey, limit int) ([]HealthEvent, error)
+
+	// ExportCandidates lists the hourly rows with Hour < before that have
+	// no billing export row or a failed one (new hours first, oldest
+	// first; then failed ones, least recently tried first), up to limit.
+	ExportCandidates(ctx context.Context, before time.Time, limit int) ([]UsageHour, error)
+	// RecordExport upserts the export ledger row of (tenant, meter, hour);
+	// sent and skipped rows are final.
+	RecordExport(ctx context.Context, e BillingExport) error
+	// ListExports lists export ledger rows with from <= Hour < to.
+	ListExports(ctx context.Context, tenant string, from, to time.Time) ([]BillingExport, error)
 
 	// AppendAudit appends one entry to the hash chain and returns the record.
 	AppendAudit(ctx context.Context, e auditlog.Entry) (auditlog.Record, error)

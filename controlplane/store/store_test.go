@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,7 +42,7 @@ func TestPostgres(t *testing.T) {
 	})
 }
 
-func rawDB(t *testing.T, s store.Store) *sql.DB {
+func rawDB(t testing.TB, s store.Store) *sql.DB {
 	t.Helper()
 	return s.(interface{ DB() *sql.DB }).DB()
 }
@@ -141,6 +142,34 @@ func TestConcurrentOpenPostgres(t *testing.T) {
 	}
 }
 
+// TestUsageReplicas: two stores on one database (two control-plane
+// replicas) ingesting the same batch at once count it once.
+func TestUsageReplicas(t *testing.T) {
+	for _, engine := range []string{store.EngineSQLite, store.EnginePostgres} {
+		t.Run(engine, func(t *testing.T) {
+			dsn := filepath.Join(t.TempDir(), "attache.db")
+			if engine == store.EnginePostgres {
+				dsn = pgtest.DSN(t)
+			}
+			s1, s2 := openT(t, dsn), openT(t, dsn)
+			ctx := t.Context()
+			if err := s1.CreateTenant(ctx, store.Tenant{Name: "acme"}, auditlog.Entry{Action: "tenant.create"}); err != nil {
+				t.Fatal(err)
+			}
+			exp := time.Now().Add(time.Hour)
+			tok := store.JoinToken{ID: "tok", Tenant: "acme", SecretHash: []byte("h"), ExpiresAt: exp}
+			if err := s1.CreateJoinToken(ctx, tok, auditlog.Entry{Action: "jointoken.create"}); err != nil {
+				t.Fatal(err)
+			}
+			a := store.Agent{Tenant: "acme", ID: "a1", SPIFFEID: "spiffe://example.org/tenant/acme/agent/a1", CertExpiresAt: exp}
+			if _, err := s1.Enroll(ctx, "tok", []byte("h"), time.Now(), a, auditlog.Entry{Action: "agent.enroll"}); err != nil {
+				t.Fatal(err)
+			}
+			storetest.IngestSameBatch(t, []store.Store{s1, s2}, store.AgentKey{Tenant: "acme", ID: "a1"})
+		})
+	}
+}
+
 // TestMigrationsMatch: both engines have the same migrations.
 func TestMigrationsMatch(t *testing.T) {
 	names := func(engine string) []string {
@@ -223,4 +252,66 @@ func benchHeartbeats(b *testing.B, s store.Store) {
 		}
 	}
 	b.ReportMetric(float64(b.N*agents)/time.Since(start).Seconds(), "heartbeats/s")
+}
+
+// BenchmarkIngestUsage reports usage records ingested per second, in
+// batches of 500 (the agent spool's default batch) spread over 5 meters and
+// 2 hours, from one session (serial) and from 8 sessions at once (parallel).
+func BenchmarkIngestUsage(b *testing.B) {
+	for _, engine := range []string{store.EngineSQLite, store.EnginePostgres} {
+		for _, sessions := range []int{1, 8} {
+			name := engine + "/serial"
+			if sessions > 1 {
+				name = fmt.Sprintf("%s/parallel-%d", engine, sessions)
+			}
+			b.Run(name, func(b *testing.B) {
+				dsn := filepath.Join(b.TempDir(), "attache.db")
+				if engine == store.EnginePostgres {
+					dsn = pgtest.DSN(b)
+				}
+				benchIngest(b, openT(b, dsn), sessions)
+			})
+		}
+	}
+}
+
+func benchIngest(b *testing.B, s store.Store, sessions int) {
+	const perBatch = 500
+	ctx := context.Background()
+	if err := s.CreateTenant(ctx, store.Tenant{Name: "acme"}, auditlog.Entry{Action: "tenant.create"}); err != nil {
+		b.Fatal(err)
+	}
+	insert := `INSERT INTO agents (tenant, id, spiffe_id, enrolled_at) VALUES (?, ?, ?, 0)`
+	if s.Engine() == store.EnginePostgres {
+		insert = `INSERT INTO agents (tenant, id, spiffe_id, enrolled_at) VALUES ($1, $2, $3, now())`
+	}
+	for i := range sessions {
+		id := fmt.Sprintf("agent-%d", i)
+		if _, err := rawDB(b, s).Exec(insert, "acme", id, "spiffe://example.org/tenant/acme/agent/"+id); err != nil {
+			b.Fatal(err)
+		}
+	}
+	base := time.Now().Truncate(time.Hour)
+	recs := make([]store.UsageRecord, perBatch)
+	for i := range recs {
+		recs[i] = store.UsageRecord{Meter: fmt.Sprintf("meter_%d", i%5), Value: float64(i), At: base.Add(time.Duration(i%2)*time.Hour + time.Duration(i)*time.Millisecond)}
+	}
+	var seq atomic.Uint64
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	per := b.N/sessions + 1
+	for i := range sessions {
+		k := store.AgentKey{Tenant: "acme", ID: fmt.Sprintf("agent-%d", i)}
+		wg.Go(func() {
+			for range per {
+				if dup, err := s.IngestUsage(ctx, k, seq.Add(1), recs); err != nil || dup {
+					b.Errorf("IngestUsage: %v, %v", dup, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.ReportMetric(float64(per*sessions*perBatch)/time.Since(start).Seconds(), "records/s")
 }

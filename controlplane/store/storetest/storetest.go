@@ -48,6 +48,13 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"PlanReports", testPlanReports},
 		{"PlansCreatedSince", testPlansCreatedSince},
 		{"UpdatePlanEnvelope", testUpdatePlanEnvelope},
+		{"Usage", testUsage},
+		{"UsageExact", testUsageExact},
+		{"UsageValidation", testUsageValidation},
+		{"UsageRace", testUsageRace},
+		{"RecordHealth", testRecordHealth},
+		{"RecordHealthValidation", testRecordHealthValidation},
+		{"Exports", testExports},
 		{"AuditTamper", func(t *testing.T, _ store.Store) { testAuditTamper(t, open) }},
 	}
 	for _, tt := range tests {
