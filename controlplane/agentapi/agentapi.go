@@ -216,6 +216,7 @@ func (s *Service) Session(stream agentv1.AgentService_SessionServer) error {
 		return err
 	}
 
+	var lastHealth []byte
 	// retry is set while a store or envelope error keeps pending plans
 	// from being offered.
 	var retry <-chan time.Time
@@ -242,7 +243,7 @@ func (s *Service) Session(stream agentv1.AgentService_SessionServer) error {
 			log.Info("session closed", "session", sessionID, "reason", err)
 			return nil
 		case m := <-in:
-			err = s.handle(sctx, stream, id, key, m)
+			err = s.handle(sctx, stream, id, key, m, &lastHealth)
 		case <-nudge:
 			err = offer()
 		case <-retry:
@@ -291,7 +292,8 @@ func (s *Service) awaitHello(ctx context.Context, in <-chan *agentv1.AgentMessag
 }
 
 // handle processes one message. A returned error ends the session.
-func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_SessionServer, id spiffeid.ID, key store.AgentKey, m *agentv1.AgentMessage) error {
+// lastHealth is the session's last recorded health (see recordHealth).
+func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_SessionServer, id spiffeid.ID, key store.AgentKey, m *agentv1.AgentMessage, lastHealth *[]byte) error {
 	switch b := m.GetBody().(type) {
 	case *agentv1.AgentMessage_Heartbeat:
 		var health []byte
@@ -299,6 +301,7 @@ func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_Sessio
 			health = healthJSON(cs)
 		}
 		s.beats.add(store.Heartbeat{AgentKey: key, At: s.cfg.Now(), Health: health})
+		s.recordHealth(ctx, key, lastHealth, health, b.Heartbeat.GetComponents())
 		return nil
 	case *agentv1.AgentMessage_PlanStatus:
 		if t := foreignTenant(m, key.Tenant); t != "" {
@@ -309,9 +312,7 @@ func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_Sessio
 		if t := foreignTenant(m, key.Tenant); t != "" {
 			return s.crossTenant(ctx, id, key, t, "usage_batch")
 		}
-		// Not acknowledged: the agent keeps the batch spooled until usage
-		// ingestion (the health-and-usage issue) stores it.
-		return nil
+		return s.usageBatch(ctx, stream, id, key, m)
 	case *agentv1.AgentMessage_Hello:
 		return status.Error(codes.InvalidArgument, "hello sent twice on one session")
 	default:
