@@ -29,6 +29,10 @@ type CPOptions struct {
 	HeartbeatInterval time.Duration // --heartbeat-interval
 	StoreDSN          string        // --store; empty means SQLite in the data dir
 	LogLevel          string        // --log-level; default "info"
+	// AgentAdvertise is --agent-advertise, the address join tokens send
+	// agents to (e.g. a fault-injecting proxy in front of AgentAddr); empty
+	// means AgentAddr.
+	AgentAdvertise string
 }
 
 // ControlPlane is an attache-controlplane process with its data directory
@@ -92,6 +96,9 @@ func (cp *ControlPlane) setArgs() {
 	}
 	if opts.StoreDSN != "" {
 		cp.args = append(cp.args, "--store", opts.StoreDSN)
+	}
+	if opts.AgentAdvertise != "" {
+		cp.args = append(cp.args, "--agent-advertise", opts.AgentAdvertise)
 	}
 }
 
