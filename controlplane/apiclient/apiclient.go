@@ -35,6 +35,13 @@ type (
 	Plan                = apiv1.Plan
 	PlanStep            = apiv1.PlanStep
 	StepChange          = apiv1.StepChange
+	UsageList           = apiv1.UsageList
+	UsageHour           = apiv1.UsageHour
+	HealthList          = apiv1.HealthList
+	AgentHealth         = apiv1.AgentHealth
+	HealthProblem       = apiv1.HealthProblem
+	HealthEventList     = apiv1.HealthEventList
+	HealthEvent         = apiv1.HealthEvent
 )
 
 // maxResponseBytes bounds what the client reads from one response.
@@ -226,6 +233,58 @@ func (c *Client) ListPlans(ctx context.Context, q PlanQuery) ([]Plan, error) {
 func (c *Client) GetPlan(ctx context.Context, id string) (Plan, error) {
 	var out Plan
 	err := c.do(ctx, http.MethodGet, "/v1/plans/"+url.PathEscape(id), nil, nil, &out)
+	return out, err
+}
+
+// UsageQuery selects a tenant's hourly usage in Usage.
+type UsageQuery struct {
+	Tenant string    // required
+	Meter  string    // optional: only this meter
+	From   time.Time // zero: 24 hours before To
+	To     time.Time // zero: now (exclusive)
+}
+
+// Usage calls GET /v1/usage: the tenant's hourly usage rows overlapping
+// [From, To), ordered by meter and hour. The window may span at most 400
+// days.
+func (c *Client) Usage(ctx context.Context, q UsageQuery) (UsageList, error) {
+	v := url.Values{"tenant": {q.Tenant}}
+	if q.Meter != "" {
+		v.Set("meter", q.Meter)
+	}
+	if !q.From.IsZero() {
+		v.Set("from", q.From.UTC().Format(time.RFC3339))
+	}
+	if !q.To.IsZero() {
+		v.Set("to", q.To.UTC().Format(time.RFC3339))
+	}
+	var out UsageList
+	err := c.do(ctx, http.MethodGet, "/v1/usage", v, nil, &out)
+	return out, err
+}
+
+// FleetHealth calls GET /v1/health; tenant "" covers every tenant. Agents
+// come worst first: unhealthy, silent, degraded, healthy, revoked.
+func (c *Client) FleetHealth(ctx context.Context, tenant string) (HealthList, error) {
+	q := url.Values{}
+	if tenant != "" {
+		q.Set("tenant", tenant)
+	}
+	var out HealthList
+	err := c.do(ctx, http.MethodGet, "/v1/health", q, nil, &out)
+	return out, err
+}
+
+// AgentHealthEvents calls GET /v1/agents/{tenant}/{id}/health: the agent's
+// component status changes, newest first. limit 0 means the server's
+// default (100); at most 1000.
+func (c *Client) AgentHealthEvents(ctx context.Context, tenant, id string, limit int) (HealthEventList, error) {
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	var out HealthEventList
+	err := c.do(ctx, http.MethodGet, agentPath(tenant, id)+"/health", q, nil, &out)
 	return out, err
 }
 

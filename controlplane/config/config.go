@@ -6,16 +6,25 @@
 package config
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
+
+	"attache.dev/attache/controlplane/billing"
+	"attache.dev/attache/controlplane/store"
 )
 
 // Config is the control plane's configuration.
@@ -38,6 +47,183 @@ type Config struct {
 	HeartbeatInterval Duration `json:"heartbeat_interval"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"log_level"`
+	// Metrics serves GET /metrics (Prometheus, no authentication) on the
+	// ops API listener when enabled: "metrics: true", or an object.
+	Metrics Metrics `json:"metrics"`
+	// Billing, when present, exports hourly usage to a billing endpoint.
+	Billing *Billing `json:"billing,omitempty"`
+}
+
+// Metrics configures the /metrics endpoint. In the file it is either a
+// boolean (metrics: true) or an object with these keys.
+type Metrics struct {
+	Enabled bool `json:"enabled"`
+	// MaxTenantSeries is how many tenants get series of their own (the
+	// others are folded into tenant="_other"); 0 means 1000.
+	MaxTenantSeries int `json:"max_tenant_series,omitempty"`
+}
+
+// UnmarshalJSON accepts a boolean or an object (unknown keys refused).
+func (m *Metrics) UnmarshalJSON(b []byte) error {
+	switch t := strings.TrimSpace(string(b)); t {
+	case "true", "false":
+		*m = Metrics{Enabled: t == "true"}
+		return nil
+	case "null":
+		*m = Metrics{}
+		return nil
+	}
+	type plain Metrics
+	var v plain
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return fmt.Errorf("metrics: want true, false or {enabled, max_tenant_series}: %w", err)
+	}
+	*m = Metrics(v)
+	return nil
+}
+
+// Billing configures the billing export (controlplane/billing): hourly
+// per-tenant meter events posted to Endpoint in the shape of Stripe's
+// meter-events API.
+type Billing struct {
+	// Endpoint is the meter-events URL: https (http only to a loopback IP).
+	Endpoint string `json:"endpoint"`
+	// The API key is read from the environment variable APIKeyEnv or the
+	// file APIKeyFile (exactly one), never from this file.
+	APIKeyEnv  string `json:"api_key_env,omitempty"`
+	APIKeyFile string `json:"api_key_file,omitempty"`
+	// Interval between export passes (default 1m); Delay after an hour's
+	// end before it is exported, for late batches (default 5m).
+	Interval Duration `json:"interval,omitempty"`
+	Delay    Duration `json:"delay,omitempty"`
+	// Meters lists the exported meters by name; other meters are not
+	// billed.
+	Meters map[string]BillingMeter `json:"meters"`
+	// CustomerLabel is the tenant label holding the tenant's billing
+	// customer ID (default DefaultCustomerLabel); tenants without it are
+	// not billed.
+	CustomerLabel string `json:"customer_label,omitempty"`
+}
+
+// BillingMeter says how one meter is exported.
+type BillingMeter struct {
+	// EventName is the billing system's meter event name.
+	EventName string `json:"event_name"`
+	// Aggregation is which of an hour's figures is sent: sum (default),
+	// max or last.
+	Aggregation string `json:"aggregation,omitempty"`
+}
+
+// DefaultCustomerLabel is the tenant label that holds the billing customer
+// ID unless billing.customer_label says otherwise.
+const DefaultCustomerLabel = "billing.customer_id"
+
+// Label returns the customer label in use.
+func (b Billing) Label() string {
+	if b.CustomerLabel == "" {
+		return DefaultCustomerLabel
+	}
+	return b.CustomerLabel
+}
+
+// APIKey loads the API key from the configured environment variable or
+// file (surrounding white space trimmed). The error never holds the key.
+func (b Billing) APIKey() (string, error) {
+	var key string
+	switch {
+	case b.APIKeyEnv != "":
+		key = strings.TrimSpace(os.Getenv(b.APIKeyEnv))
+		if key == "" {
+			return "", fmt.Errorf("billing.api_key_env: environment variable %s is empty or not set", b.APIKeyEnv)
+		}
+	case b.APIKeyFile != "":
+		raw, err := os.ReadFile(b.APIKeyFile)
+		if err != nil {
+			return "", fmt.Errorf("billing.api_key_file: %w", err)
+		}
+		key = strings.TrimSpace(string(raw))
+		if key == "" {
+			return "", fmt.Errorf("billing.api_key_file: %s is empty", b.APIKeyFile)
+		}
+	default:
+		return "", errors.New("billing: set api_key_env or api_key_file")
+	}
+	return key, nil
+}
+
+// maxEventName is the longest meter event name billing accepts.
+const maxEventName = 100
+
+func (b Billing) validate() []error {
+	var errs []error
+	u, err := url.Parse(b.Endpoint)
+	switch {
+	case b.Endpoint == "":
+		errs = append(errs, errors.New("billing.endpoint: required"))
+	case err != nil:
+		errs = append(errs, fmt.Errorf("billing.endpoint: %w", err))
+	case u.Host == "" || u.User != nil || u.Fragment != "":
+		errs = append(errs, fmt.Errorf("billing.endpoint: %q: want an absolute https URL without user info or fragment", u.Redacted()))
+	case u.Scheme == "https":
+	case u.Scheme == "http" && isLoopbackIP(u.Hostname()):
+	default:
+		errs = append(errs, fmt.Errorf("billing.endpoint: %q must be https (http only to a loopback address)", u.Redacted()))
+	}
+	switch {
+	case b.APIKeyEnv != "" && b.APIKeyFile != "":
+		errs = append(errs, errors.New("billing: set api_key_env or api_key_file, not both"))
+	case b.APIKeyEnv == "" && b.APIKeyFile == "":
+		errs = append(errs, errors.New("billing: set api_key_env or api_key_file (the API key never goes in the config file)"))
+	case b.APIKeyEnv != "" && !envName(b.APIKeyEnv):
+		errs = append(errs, fmt.Errorf("billing.api_key_env: %q is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)", b.APIKeyEnv))
+	}
+	for _, d := range []struct {
+		name string
+		v    Duration
+	}{{"billing.interval", b.Interval}, {"billing.delay", b.Delay}} {
+		if d.v != 0 && (time.Duration(d.v) < time.Second || time.Duration(d.v) > 24*time.Hour) {
+			errs = append(errs, fmt.Errorf("%s: %s must be between 1s and 24h (omit it for the default)", d.name, d.v))
+		}
+	}
+	if len(b.Meters) == 0 {
+		errs = append(errs, errors.New("billing.meters: name at least one meter to export"))
+	}
+	for _, name := range slices.Sorted(maps.Keys(b.Meters)) {
+		m := b.Meters[name]
+		if !store.ValidMeter(name) {
+			errs = append(errs, fmt.Errorf("billing.meters: %q is not a meter name (^[a-z][a-z0-9_.]{0,99}$)", name))
+		}
+		if m.EventName == "" || len(m.EventName) > maxEventName || !utf8.ValidString(m.EventName) {
+			errs = append(errs, fmt.Errorf("billing.meters.%s.event_name: %q must be 1-%d bytes of UTF-8", name, m.EventName, maxEventName))
+		}
+		switch m.Aggregation {
+		case "", billing.AggregationSum, billing.AggregationMax, billing.AggregationLast:
+		default:
+			errs = append(errs, fmt.Errorf("billing.meters.%s.aggregation: %q must be sum, max or last", name, m.Aggregation))
+		}
+	}
+	if l := b.CustomerLabel; l != "" && (len(l) > 316 || strings.IndexFunc(l, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./", r))
+	}) >= 0) {
+		errs = append(errs, fmt.Errorf("billing.customer_label: %q is not a tenant label key", l))
+	}
+	return errs
+}
+
+func isLoopbackIP(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func envName(s string) bool {
+	for i, r := range s {
+		if !(r == '_' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // AgentEndpoint is where agents connect (gRPC over mTLS).
@@ -75,6 +261,10 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 func (d Duration) MarshalJSON() ([]byte, error) {
 	return []byte(`"` + time.Duration(d).String() + `"`), nil
 }
+
+// maxTenantSeries bounds metrics.max_tenant_series: every tenant label
+// costs a handful of series.
+const maxTenantSeries = 100_000
 
 // Default returns the defaults: a local, single-node control plane.
 func Default() Config {
@@ -152,6 +342,12 @@ func (c Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log_level: %q must be debug, info, warn or error", c.LogLevel))
+	}
+	if n := c.Metrics.MaxTenantSeries; n < 0 || n > maxTenantSeries {
+		errs = append(errs, fmt.Errorf("metrics.max_tenant_series: %d must be between 1 and %d (0 or omitted: 1000)", n, maxTenantSeries))
+	}
+	if c.Billing != nil {
+		errs = append(errs, c.Billing.validate()...)
 	}
 	return errors.Join(errs...)
 }

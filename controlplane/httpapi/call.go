@@ -28,6 +28,8 @@ type route struct {
 	action string
 	roles  []store.Role
 	h      func(http.ResponseWriter, *http.Request, *call) error
+	// quiet logs successful requests at debug level (frequent scrapes).
+	quiet bool
 }
 
 // call is one request's identity and audit context.
@@ -112,6 +114,9 @@ func (s *server) handle(mux *http.ServeMux, pattern string, rt route) {
 			s.writeError(w, r, c, err)
 		}
 		level := slog.LevelInfo
+		if rt.quiet && w.status < 400 {
+			level = slog.LevelDebug
+		}
 		if w.status >= 500 {
 			level = slog.LevelError
 		}

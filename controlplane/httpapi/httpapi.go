@@ -2,10 +2,13 @@
 // for the `attache` CLI, the console and automation. Callers authenticate
 // with a bearer API token (see Bootstrap for the first one); each route
 // allows a set of roles. Every mutation, and every refused request, is
-// appended to the audit trail through the store.
+// appended to the audit trail through the store. GET /metrics, when
+// Config.Metrics is set, is the one route besides /healthz that needs no
+// token.
 //
-// The wire types live in apiv1. Only the control-plane server imports
-// httpapi; clients use controlplane/apiclient.
+// The wire types live in apiv1. Only the control-plane server (and
+// controlplane/metrics, for AgentHealth) imports httpapi; clients use
+// controlplane/apiclient.
 package httpapi
 
 import (
@@ -51,6 +54,9 @@ type Config struct {
 	HeartbeatInterval time.Duration // 0 means DefaultHeartbeatInterval
 	// Plans submits plans; nil leaves the /v1/plans routes out.
 	Plans *plans.Service
+	// Metrics, when set, is served at GET /metrics without authentication
+	// (Prometheus scrapers); nil leaves the route out.
+	Metrics http.Handler
 }
 
 // ConnectedWindow is how recently a connected agent must have been seen to
@@ -128,6 +134,15 @@ func New(cfg Config) (http.Handler, error) {
 	s.handle(mux, "GET /v1/audit", route{action: "audit.list", roles: auditors, h: s.listAudit})
 	s.handle(mux, "POST /v1/apitokens", route{action: "apitoken.create", roles: admins, h: s.createAPIToken})
 	s.handle(mux, "GET /v1/apitokens", route{action: "apitoken.list", roles: admins, h: s.listAPITokens})
+	s.handle(mux, "GET /v1/usage", route{action: "usage.list", roles: all, h: s.listUsage})
+	s.handle(mux, "GET /v1/health", route{action: "health.list", roles: all, h: s.listHealth})
+	s.handle(mux, "GET /v1/agents/{tenant}/{id}/health", route{action: "agent.health", roles: all, h: s.agentHealthEvents})
+	if cfg.Metrics != nil {
+		s.handle(mux, "GET /metrics", route{action: "metrics", quiet: true, h: func(w http.ResponseWriter, r *http.Request, _ *call) error {
+			cfg.Metrics.ServeHTTP(w, r)
+			return nil
+		}})
+	}
 	if cfg.Plans != nil {
 		s.handle(mux, "POST /v1/plans", route{action: plans.ActionSubmit, roles: mutators, h: s.submitPlan})
 		s.handle(mux, "GET /v1/plans", route{action: "plan.list", roles: all, h: s.listPlans})

@@ -153,6 +153,9 @@ func TestRoleMatrix(t *testing.T) {
 		{"POST", "/v1/plans", "plan.submit", func(string) string { return `{"tenant":"acme","yaml":"` + oneStepYAML + `"}` }, want{"admin": 409, "operator": 409}},
 		{"GET", "/v1/plans", "plan.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
 		{"GET", "/v1/plans/p1", "plan.get", nil, want{"admin": 404, "operator": 404, "auditor": 404}},
+		{"GET", "/v1/usage?tenant=acme", "usage.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
+		{"GET", "/v1/health", "health.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
+		{"GET", "/v1/agents/acme/a1/health", "agent.health", nil, want{"admin": 404, "operator": 404, "auditor": 404}},
 	} {
 		for _, role := range []string{"admin", "operator", "auditor"} {
 			t.Run(rt.action+"/"+role, func(t *testing.T) {

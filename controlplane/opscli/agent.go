@@ -20,9 +20,10 @@ func newAgentCommand(g *globals) *cobra.Command {
 		Short: "Watch and revoke enrolled agents",
 		Example: `  attache agent list --tenant acme
   attache agent show acme/agent-7f3c
+  attache agent health acme/agent-7f3c
   attache agent revoke acme/agent-7f3c`,
 	}
-	cmd.AddCommand(newAgentListCommand(g), newAgentShowCommand(g), newAgentRevokeCommand(g))
+	cmd.AddCommand(newAgentListCommand(g), newAgentShowCommand(g), newAgentHealthCommand(g), newAgentRevokeCommand(g))
 	return cmd
 }
 

@@ -1,7 +1,7 @@
 // Package opscli is the `attache` command line: vendor ops (tenants, join
-// tokens, agents, signed deployment plans, API tokens) and compliance
-// reviewers (audit log, export, offline verification) talk to the control
-// plane's ops API through it.
+// tokens, agents and their health, per-tenant usage, signed deployment
+// plans, API tokens) and compliance reviewers (audit log, export, offline
+// verification) talk to the control plane's ops API through it.
 // NewRootCommand builds the whole command tree so tests can run it
 // in-process.
 //
@@ -55,7 +55,8 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Long: `attache talks to an Attaché control plane's ops API: register tenants, mint
 join tokens for their agents, watch and revoke agents, submit signed
 deployment plans and follow them, manage API tokens, and read, export and
-verify the tamper-evident audit trail.
+verify the tamper-evident audit trail, see which agents are unhealthy or silent
+and what usage each tenant reported.
 
 Authenticate with an API token (--token, --token-file, or the ATTACHE_TOKEN /
 ATTACHE_TOKEN_FILE environment variables). The control plane writes the first
@@ -66,6 +67,8 @@ admin token to its data directory when it starts on an empty store.`,
   attache token create --tenant acme --ttl 2h
   attache agent list --tenant acme
   attache plan submit --tenant acme install.yaml --wait
+  attache health
+  attache usage show --tenant acme --from -7d
   attache audit verify`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -98,6 +101,8 @@ admin token to its data directory when it starts on an empty store.`,
 		newPlanCommand(g),
 		newAPITokenCommand(g),
 		newAuditCommand(g),
+		newUsageCommand(g),
+		newHealthCommand(g),
 	)
 	return root
 }

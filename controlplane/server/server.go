@@ -1,5 +1,6 @@
 // Package server wires the control plane together: store, keys, CA, the agent
-// endpoint (gRPC over mTLS) and the ops API (HTTP/JSON), and runs them until
+// endpoint (gRPC over mTLS), the ops API (HTTP/JSON, with /metrics when
+// enabled) and, when configured, the billing export, and runs them until
 // its context ends.
 //
 // Only controlplane packages import server.
@@ -13,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -22,11 +24,13 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"attache.dev/attache/controlplane/agentapi"
+	"attache.dev/attache/controlplane/billing"
 	"attache.dev/attache/controlplane/ca"
 	"attache.dev/attache/controlplane/config"
 	"attache.dev/attache/controlplane/enroll"
 	"attache.dev/attache/controlplane/httpapi"
 	"attache.dev/attache/controlplane/keys"
+	"attache.dev/attache/controlplane/metrics"
 	"attache.dev/attache/controlplane/plans"
 	"attache.dev/attache/controlplane/store"
 	"attache.dev/attache/internal/grpcx"
@@ -53,6 +57,7 @@ type Server struct {
 	source   *identity.Source
 	agentAPI *agentapi.Service
 	plans    *plans.Service
+	billing  *billing.Exporter // nil unless configured
 	grpc     *grpc.Server
 	http     *http.Server
 
@@ -140,6 +145,24 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 	agentv1.RegisterEnrollmentServiceServer(s.grpc, enrollSvc)
 	agentv1.RegisterAgentServiceServer(s.grpc, s.agentAPI)
 
+	var metricsHandler http.Handler
+	if cfg.Metrics.Enabled {
+		col, err := metrics.New(metrics.Config{
+			Store:             st,
+			HeartbeatInterval: time.Duration(cfg.HeartbeatInterval),
+			MaxTenantSeries:   cfg.Metrics.MaxTenantSeries,
+			Logger:            logger.With("component", "metrics"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		metricsHandler = col.Handler()
+	}
+	if cfg.Billing != nil {
+		if s.billing, err = newBilling(*cfg.Billing, st, logger); err != nil {
+			return nil, err
+		}
+	}
 	api, err := httpapi.New(httpapi.Config{
 		Store:             st,
 		Logger:            logger.With("component", "httpapi"),
@@ -149,6 +172,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 		TrustRootSHA256:   func() [32]byte { return holder.Current().RootHash() },
 		Plans:             s.plans,
 		HeartbeatInterval: time.Duration(cfg.HeartbeatInterval),
+		Metrics:           metricsHandler,
 	})
 	if err != nil {
 		return nil, err
@@ -206,6 +230,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.agentAPI.Run(ctx) })
 	g.Go(func() error { return s.rotateServerSVID(ctx) })
 	g.Go(func() error { return s.keys.Run(ctx) })
+	if s.billing != nil {
+		g.Go(func() error { return s.billing.Run(ctx) })
+	}
 	g.Go(func() error {
 		if err := s.grpc.Serve(s.agentLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("agent endpoint: %w", err)
@@ -239,8 +266,63 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	s.logger.Info("control plane serving",
 		"trust_domain", s.cfg.TrustDomain, "agent_endpoint", s.agentLn.Addr().String(),
-		"api", s.apiLn.Addr().String(), "store", s.store.Engine())
+		"api", s.apiLn.Addr().String(), "store", s.store.Engine(),
+		"metrics", s.cfg.Metrics.Enabled, "billing_export", s.billing != nil)
 	return g.Wait()
+}
+
+// newBilling builds the billing exporter from its configuration: the API
+// key from its secret reference, customers from the tenant label.
+func newBilling(bc config.Billing, st store.Store, logger *slog.Logger) (*billing.Exporter, error) {
+	key, err := bc.APIKey()
+	if err != nil {
+		return nil, err
+	}
+	if bc.APIKeyFile != "" {
+		if fi, err := os.Stat(bc.APIKeyFile); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			logger.Warn("billing API key file is readable by group or others", "path", bc.APIKeyFile, "mode", fi.Mode().Perm().String())
+		}
+	}
+	meters := make(map[string]billing.Meter, len(bc.Meters))
+	for name, m := range bc.Meters {
+		agg := m.Aggregation
+		if agg == "" {
+			agg = billing.AggregationSum
+		}
+		meters[name] = billing.Meter{EventName: m.EventName, Aggregation: agg}
+	}
+	label := bc.Label()
+	exp, err := billing.New(billing.Config{
+		Endpoint:  bc.Endpoint,
+		APIKey:    key,
+		Meters:    meters,
+		Customers: tenantCustomers(st, label),
+		Interval:  time.Duration(bc.Interval),
+		Delay:     time.Duration(bc.Delay),
+		Store:     st,
+		Logger:    logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	logger.Info("billing export enabled", "meters", len(meters), "customer_label", label)
+	return exp, nil
+}
+
+// tenantCustomers maps a tenant to the billing customer ID in its label; a
+// tenant without the label (or an unknown tenant) is not billed.
+func tenantCustomers(st store.Store, label string) func(ctx context.Context, tenant string) (string, bool, error) {
+	return func(ctx context.Context, tenant string) (string, bool, error) {
+		t, err := st.GetTenant(ctx, tenant)
+		if errors.Is(err, store.ErrNotFound) {
+			return "", false, nil
+		}
+		if err != nil {
+			return "", false, err
+		}
+		id := t.Labels[label]
+		return id, id != "", nil
+	}
 }
 
 func (s *Server) rotateServerSVID(ctx context.Context) error {

@@ -39,6 +39,13 @@ type testCP struct {
 
 func startCP(t *testing.T) *testCP {
 	t.Helper()
+	return startCPWith(t, nil, io.Discard)
+}
+
+// startCPWith starts a control plane whose default test configuration
+// change has adjusted, logging to logs.
+func startCPWith(t *testing.T, change func(*config.Config), logs io.Writer) *testCP {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := config.Default()
 	cfg.DataDir = dir
@@ -46,7 +53,10 @@ func startCP(t *testing.T) *testCP {
 	cfg.Agent.Listen = "127.0.0.1:0"
 	cfg.API.Listen = "127.0.0.1:0"
 	cfg.HeartbeatInterval = config.Duration(time.Second)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if change != nil {
+		change(&cfg)
+	}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := New(ctx, cfg, logger)
 	if err != nil {

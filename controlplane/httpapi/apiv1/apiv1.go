@@ -222,3 +222,89 @@ type StepChange struct {
 type PlanList struct {
 	Plans []Plan `json:"plans"`
 }
+
+// UsageHour is one tenant's meter folded over one UTC hour: the sum, count
+// and largest of the hour's records, and the value and time of the latest.
+type UsageHour struct {
+	Tenant string    `json:"tenant"`
+	Meter  string    `json:"meter"`
+	Hour   time.Time `json:"hour"` // start of the UTC hour
+	Sum    float64   `json:"sum"`
+	Count  int64     `json:"count"`
+	Max    float64   `json:"max"`
+	Last   float64   `json:"last"`
+	LastAt time.Time `json:"last_at"`
+}
+
+// UsageList is the body of GET /v1/usage: the tenant's hours that overlap
+// [From, To), ordered by meter and hour. From and To are the window the
+// server used (defaults filled in).
+type UsageList struct {
+	Tenant string      `json:"tenant"`
+	Meter  string      `json:"meter,omitempty"`
+	From   time.Time   `json:"from"`
+	To     time.Time   `json:"to"`
+	Hours  []UsageHour `json:"hours"`
+}
+
+// Agent health states in GET /v1/health, worst first as listed there:
+// unhealthy (a component reports unhealthy), silent (no session seen within
+// the connected window, or never connected), degraded (a component
+// degraded or of unknown status), healthy, and revoked (listed last).
+const (
+	HealthUnhealthy = "unhealthy"
+	HealthSilent    = "silent"
+	HealthDegraded  = "degraded"
+	HealthHealthy   = "healthy"
+	HealthRevoked   = "revoked"
+)
+
+// HealthStates lists the agent health states in the order GET /v1/health
+// sorts them.
+var HealthStates = []string{HealthUnhealthy, HealthSilent, HealthDegraded, HealthHealthy, HealthRevoked}
+
+// HealthProblem is one component of an agent that is not healthy, as the
+// agent last reported it. Status is unhealthy, degraded or unspecified;
+// Message is the agent's text (untrusted: clean it before printing).
+type HealthProblem struct {
+	Name    string `json:"name"`
+	Status  string `json:"status"`
+	Message string `json:"message,omitempty"`
+}
+
+// AgentHealth is one agent's health in GET /v1/health. Connected means a
+// session is open and was seen within the connected window.
+type AgentHealth struct {
+	Tenant     string          `json:"tenant"`
+	ID         string          `json:"id"`
+	State      string          `json:"state"`
+	LastSeenAt *time.Time      `json:"last_seen_at,omitempty"`
+	Version    string          `json:"version,omitempty"`
+	Connected  bool            `json:"connected"`
+	Problems   []HealthProblem `json:"problems,omitempty"`
+	Components int             `json:"components"`
+}
+
+// HealthList is the body of GET /v1/health: agents worst state first (see
+// HealthStates), then by tenant and ID; Counts has every state, zeros
+// included.
+type HealthList struct {
+	Agents []AgentHealth  `json:"agents"`
+	Counts map[string]int `json:"counts"`
+}
+
+// HealthEvent is a recorded change of one of an agent's components.
+type HealthEvent struct {
+	At        time.Time `json:"at"`
+	Component string    `json:"component"`
+	Status    string    `json:"status"`
+	Message   string    `json:"message,omitempty"`
+}
+
+// HealthEventList is the body of GET /v1/agents/{tenant}/{id}/health:
+// the agent's component status changes, newest first.
+type HealthEventList struct {
+	Tenant string        `json:"tenant"`
+	Agent  string        `json:"agent"`
+	Events []HealthEvent `json:"events"`
+}
