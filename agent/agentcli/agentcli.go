@@ -88,7 +88,13 @@ refused plan is reported with its reason and recorded in the agent's own audit
 log. After a crash the agent resumes the interrupted plan and never repeats a
 step that succeeded. Without --config the agent has no providers, and plans
 that need one fail. "attache-agent plans" and "attache-agent audit" read the
-journal while the agent is stopped.`,
+journal while the agent is stopped.
+
+Usage: every --usage-interval the agent asks its providers for health and
+usage and, when --config has app_metrics, scrapes the vendor app's Prometheus
+endpoint (http_requests_total, http_request_duration_seconds) for the meters
+app.http_requests, app.http_errors and app.http_latency_p95_seconds. Usage is
+written to --state-dir/spool.db before it is sent.`,
 		Example: `  attache-agent run --state-dir /var/lib/attache-agent --token "$(cat join-token)"
   ATTACHE_JOIN_TOKEN=attache-join-v1.… attache-agent run --state-dir ./agent
   attache-agent run --state-dir /var/lib/attache-agent --config /etc/attache/agent.yaml`,
@@ -216,8 +222,12 @@ func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backo
 	if err != nil {
 		return err
 	}
+	appMetrics, err := cfg.AppMetrics.Telemetry()
+	if err != nil {
+		return fmt.Errorf("config: app_metrics: %w", err)
+	}
 	collector, err := telemetry.New(telemetry.Config{
-		Spool: sp, Providers: cat, Tenant: tenant, Interval: usageInterval,
+		Spool: sp, Providers: cat, Tenant: tenant, Interval: usageInterval, AppMetrics: appMetrics,
 		Self:   func() []*agentv1.ComponentHealth { return health(st) },
 		Logger: logger.With("component", "telemetry"),
 	})

@@ -10,10 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
 	"attache.dev/attache/agent/catalog"
+	"attache.dev/attache/agent/telemetry"
 	"attache.dev/attache/internal/yamldoc"
 )
 
@@ -22,7 +24,8 @@ const MaxConfigBytes = 1 << 20
 
 // Config is the agent's config file (--config), written by the customer:
 // which provider plugins the agent may run, pinned by checksum, and their
-// configuration.
+// configuration; and, optionally, the vendor app's Prometheus endpoint the
+// agent scrapes for request, error and latency usage.
 //
 //	providers:
 //	  - name: local
@@ -31,8 +34,67 @@ const MaxConfigBytes = 1 << 20
 //	    config:
 //	      root: /var/lib/attache/local
 //	      bin_dir: /opt/vendor/bin
+//	app_metrics:        # optional
+//	  url: http://127.0.0.1:8080/metrics
+//	  tenant_label: tenant   # default tenant
+//	  timeout: 5s            # default 5s, 1s..60s
 type Config struct {
-	Providers []catalog.Entry `json:"providers"`
+	Providers  []catalog.Entry   `json:"providers"`
+	AppMetrics *AppMetricsConfig `json:"app_metrics,omitempty"`
+}
+
+// AppMetricsConfig is the app_metrics key: the vendor app's Prometheus
+// endpoint (text format), scraped every collection round (see
+// agent/telemetry).
+type AppMetricsConfig struct {
+	// URL is http or https.
+	URL string `json:"url"`
+	// TenantLabel names the label that carries a series' tenant; default
+	// "tenant".
+	TenantLabel string `json:"tenant_label,omitempty"`
+	// Timeout is a Go duration between 1s and 60s; default 5s.
+	Timeout string `json:"timeout,omitempty"`
+}
+
+// Telemetry returns the collector's settings; nil when a is nil. The
+// config must have been validated.
+func (a *AppMetricsConfig) Telemetry() (*telemetry.AppMetrics, error) {
+	if a == nil {
+		return nil, nil
+	}
+	out := &telemetry.AppMetrics{URL: a.URL, TenantLabel: a.TenantLabel}
+	if a.Timeout != "" {
+		d, err := time.ParseDuration(a.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("timeout: %q is not a duration such as 5s", a.Timeout)
+		}
+		out.Timeout = d
+	}
+	return out, nil
+}
+
+// validate reports every problem at once.
+func (a *AppMetricsConfig) validate(providers []catalog.Entry) error {
+	var errs []error
+	tm, err := a.Telemetry()
+	if err != nil {
+		errs = append(errs, err)
+		tm = &telemetry.AppMetrics{URL: a.URL, TenantLabel: a.TenantLabel}
+	} else if a.Timeout != "" && tm.Timeout == 0 {
+		errs = append(errs, fmt.Errorf("timeout: must be between %s and %s", telemetry.MinAppMetricsTimeout, telemetry.MaxAppMetricsTimeout))
+	}
+	if err := tm.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range providers {
+		if p.Name+"." == telemetry.AppMeterPrefix {
+			errs = append(errs, fmt.Errorf("a provider named %q would share the app metrics' meter prefix %q; rename the provider", p.Name, telemetry.AppMeterPrefix))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("app_metrics: %w", err)
+	}
+	return nil
 }
 
 // LoadConfig reads and validates a config file strictly: unknown keys are
@@ -92,10 +154,16 @@ func ParseConfig(b []byte) (*Config, error) {
 
 // Validate reports every problem at once.
 func (c *Config) Validate() error {
+	var errs []error
 	if err := catalog.Validate(c.Providers); err != nil {
-		return err
+		errs = append(errs, err)
 	}
-	return nil
+	if c.AppMetrics != nil {
+		if err := c.AppMetrics.validate(c.Providers); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // FileSHA256 returns the hex SHA-256 of the file at path, the value a

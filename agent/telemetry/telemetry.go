@@ -15,6 +15,12 @@
 // the component turns unhealthy with the count. Usage is never dropped
 // silently.
 //
+// With Config.AppMetrics the collector also scrapes the vendor app's
+// Prometheus endpoint each round, concurrently with the providers, and
+// reports app.http_requests, app.http_errors and
+// app.http_latency_p95_seconds (see appmetrics.go and the "app-metrics"
+// component).
+//
 // Only the agent's command (agent/agentcli) imports telemetry.
 package telemetry
 
@@ -24,6 +30,7 @@ import (
 	"log/slog"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -70,6 +77,9 @@ type Config struct {
 	// MaxBacklog bounds the samples kept in memory while the spool is
 	// full; default DefaultMaxBacklog.
 	MaxBacklog int
+	// AppMetrics, when set, is the vendor app's Prometheus endpoint,
+	// scraped every round; no provider may be named "app".
+	AppMetrics *AppMetrics
 	// Self reports the agent's own components (agent, svid); may be nil.
 	Self   func() []*agentv1.ComponentHealth
 	Logger *slog.Logger
@@ -80,6 +90,7 @@ type Config struct {
 type Collector struct {
 	cfg     Config
 	changed chan struct{}
+	app     *appScraper // nil without Config.AppMetrics
 
 	mu        sync.Mutex
 	providers []*agentv1.ComponentHealth // from the last round
@@ -88,6 +99,7 @@ type Collector struct {
 	foreign   uint64                     // samples naming another tenant
 	invalid   uint64                     // samples with a bad meter or value
 	lastErr   string                     // last spool error other than full
+	appComp   *agentv1.ComponentHealth   // the last scrape's, with AppMetrics
 	rounds    uint64
 }
 
@@ -114,7 +126,17 @@ func New(cfg Config) (*Collector, error) {
 	if cfg.MaxBacklog <= 0 {
 		cfg.MaxBacklog = DefaultMaxBacklog
 	}
-	return &Collector{cfg: cfg, changed: make(chan struct{}, 1)}, nil
+	c := &Collector{cfg: cfg, changed: make(chan struct{}, 1)}
+	if cfg.AppMetrics != nil {
+		if cfg.Providers != nil && slices.Contains(cfg.Providers.Names(), "app") {
+			return nil, fmt.Errorf("telemetry: a provider named \"app\" would share the app metrics' meter prefix %q", AppMeterPrefix)
+		}
+		var err error
+		if c.app, err = newAppScraper(*cfg.AppMetrics, cfg.Tenant); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // Run collects at once and then every Interval until ctx ends.
@@ -144,6 +166,11 @@ func (c *Collector) Collect(ctx context.Context) {
 		foreign, invalid uint64
 		providerNames    []string
 	)
+	app := func() appResult { return appResult{} }
+	if c.app != nil {
+		app = c.app.start(ctx, now)
+		defer app() // a round cut short still waits for its scrape
+	}
 	if c.cfg.Providers != nil {
 		providerNames = c.cfg.Providers.Names()
 	}
@@ -206,14 +233,25 @@ func (c *Collector) Collect(ctx context.Context) {
 		}
 	}
 
+	ar := app()
+	recs = append(recs, ar.recs...)
+	foreign += ar.foreign
+	invalid += ar.invalid
+
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.rounds++
 	c.providers = comps
+	if ar.comp != nil {
+		c.appComp = ar.comp
+	}
 	c.foreign += foreign
 	c.invalid += invalid
 	if foreign > 0 {
 		c.cfg.Logger.Warn("usage samples for other tenants not sent", "count", foreign, "tenant", c.cfg.Tenant)
+	}
+	if ar.comp != nil && ar.comp.GetStatus() != agentv1.HealthStatus_HEALTH_STATUS_HEALTHY {
+		c.cfg.Logger.Warn("app metrics", "err", ar.comp.GetMessage())
 	}
 	pending := append(c.backlog, recs...)
 	if len(pending) == 0 {
@@ -240,7 +278,8 @@ func (c *Collector) Collect(ctx context.Context) {
 }
 
 // Health is the heartbeat's component list: the agent's own, the
-// providers' from the last round, and the usage pipeline's.
+// providers' from the last round, the app metrics scrape's (with
+// AppMetrics), and the usage pipeline's.
 func (c *Collector) Health() []*agentv1.ComponentHealth {
 	var out []*agentv1.ComponentHealth
 	if c.cfg.Self != nil {
@@ -248,6 +287,9 @@ func (c *Collector) Health() []*agentv1.ComponentHealth {
 	}
 	c.mu.Lock()
 	out = append(out, c.providers...)
+	if c.appComp != nil {
+		out = append(out, c.appComp)
+	}
 	out = append(out, c.usageComponent())
 	c.mu.Unlock()
 	sort.SliceStable(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
