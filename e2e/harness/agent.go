@@ -37,6 +37,9 @@ type AgentOptions struct {
 	Config string
 	// Args are extra flags for `attache-agent run`.
 	Args []string
+	// Env are extra NAME=value variables of the agent's environment (e.g.
+	// a secret a provider entry passes on with pass_env).
+	Env []string
 }
 
 // Agent is an `attache-agent run` process.
@@ -76,7 +79,7 @@ func (e *Env) StartAgent(t testing.TB, opts AgentOptions) *Agent {
 		env:      e,
 		name:     name,
 		StateDir: opts.StateDir,
-		proc:     e.start(t, name, e.Bin(AgentBin), args, nil, true),
+		proc:     e.start(t, name, e.Bin(AgentBin), args, opts.Env, true),
 	}
 }
 
@@ -245,6 +248,42 @@ func (e *Env) ProviderConfig(t testing.TB, bin, sum string) (config, root string
 		t.Fatal(err)
 	}
 	return config, root
+}
+
+// Provider is one provider entry of an agent config written by
+// AgentConfig.
+type Provider struct {
+	// Name is the name plan steps use; Bin the binary's name in the
+	// harness's bin directory (e.g. PostgresProviderBin).
+	Name, Bin string
+	// Config is the provider's configuration, marshalled as JSON.
+	Config any
+	// PassEnv names agent environment variables passed to the provider.
+	PassEnv []string
+}
+
+// AgentConfig writes an agent config file pinning the given providers (each
+// binary by its real sha256) and returns its path.
+func (e *Env) AgentConfig(t testing.TB, providers ...Provider) string {
+	t.Helper()
+	var entries []any
+	for _, p := range providers {
+		bin := e.Bin(p.Bin)
+		sum, err := agentcli.FileSHA256(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, map[string]any{"name": p.Name, "path": bin, "sha256": sum, "config": p.Config, "pass_env": p.PassEnv})
+	}
+	cfg, err := json.Marshal(map[string]any{"providers": entries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(e.dir, e.name("config")+".json")
+	if err := os.WriteFile(config, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return config
 }
 
 // StopApps kills every process working below root (the local provider

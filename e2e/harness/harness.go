@@ -42,6 +42,8 @@ const (
 	// (both built into the same directory, which LocalProvider uses as bin_dir).
 	LocalProviderBin = "attache-provider-local"
 	SampleAppBin     = "sampleapp"
+	// PostgresProviderBin is the PostgreSQL provider plugin.
+	PostgresProviderBin = "attache-provider-postgres"
 )
 
 // pollInterval is how often waits re-check their condition.
@@ -63,7 +65,7 @@ func Main(m *testing.M) int {
 	return code
 }
 
-// binDir builds the three binaries the first time it is called and returns
+// binDir builds the binaries the first time it is called and returns
 // the directory that holds them.
 func binDir(t testing.TB) string {
 	t.Helper()
@@ -81,7 +83,8 @@ func binDir(t testing.TB) string {
 		build.dir = dir
 		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
 			"./controlplane/cmd/attache-controlplane", "./controlplane/cmd/attache", "./agent/cmd/attache-agent",
-			"./providers/local/cmd/attache-provider-local", "./examples/sampleapp")
+			"./providers/local/cmd/attache-provider-local", "./providers/postgres/cmd/attache-provider-postgres",
+			"./examples/sampleapp")
 		cmd.Dir = root
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
