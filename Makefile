@@ -45,7 +45,7 @@ CMD_DIRS = $(patsubst %/,%,$(sort $(dir $(wildcard \
 # doubles build and run time on 2 cores). Concurrency-heavy packages belong
 # here; patterns that match nothing yet are dropped.
 RACE_PKGS ?= ./agent/session/... ./agent/spool/... ./agent/executor/... ./agent/planrun/... ./agent/journal/... ./agent/catalog/... \
-	./controlplane/agentapi/... ./controlplane/rollout/... ./controlplane/usage/... \
+	./controlplane/agentapi/... ./controlplane/rollout/... ./controlplane/usage/... ./controlplane/metrics/... ./controlplane/billing/... ./agent/telemetry/... ./providers/postgres/migrate/... \
 	./controlplane/server/... ./controlplane/audit/...
 TEST_TIMEOUT ?= 20m
 TEST_FLAGS   ?=
@@ -132,7 +132,7 @@ demo: build ## Local end to end: control plane, two enrolled agents, signed plan
 
 .PHONY: bench
 bench: ## Run the Go benchmarks and print the figures (see docs/BENCHMARKS.md).
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 1 \
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 1 -timeout 30m \
 		$$($(GO) list ./... | grep -v -x $(addprefix -e attache.dev/attache/,bench $(PERCORE_BENCH_PKGS:./%=%)))
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -count 1 -cpu 1 $(PERCORE_BENCH_PKGS)
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_PLANS)x -count 1 ./bench/
