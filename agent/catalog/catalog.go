@@ -159,6 +159,8 @@ func Validate(entries []Entry) error {
 				errs = append(errs, fmt.Errorf("%s: pass_env[%d]: %q is not an environment variable name", where, j, v))
 			case reservedEnv[v] || strings.HasPrefix(v, "PLUGIN_"):
 				errs = append(errs, fmt.Errorf("%s: pass_env[%d]: %s is set by the agent or go-plugin and cannot be passed", where, j, v))
+			case strings.HasPrefix(v, "LD_") || strings.HasPrefix(v, "DYLD_") || v == "GODEBUG":
+				errs = append(errs, fmt.Errorf("%s: pass_env[%d]: %s changes how the pinned binary loads or runs and cannot be passed", where, j, v))
 			}
 		}
 	}

@@ -128,10 +128,10 @@ func TestValidate(t *testing.T) {
 		{Name: "Local", Path: "rel/path", SHA256: "xyz"},
 		{Name: "ok", Path: "/bin/true", SHA256: strings.Repeat("a", 64), Config: []byte("{")},
 		{Name: "ok", Path: "/bin/true", SHA256: strings.Repeat("a", 64)},
-		{Name: "env", Path: "/bin/true", SHA256: strings.Repeat("a", 64), PassEnv: []string{"GOOD_1", "bad-name", "PATH", "PLUGIN_PROTOCOL_VERSIONS"}},
+		{Name: "env", Path: "/bin/true", SHA256: strings.Repeat("a", 64), PassEnv: []string{"GOOD_1", "bad-name", "PATH", "PLUGIN_PROTOCOL_VERSIONS", "LD_PRELOAD", "GODEBUG"}},
 	})
 	for _, want := range []string{"DNS label", "absolute", "64 hex", "not valid JSON", "duplicate",
-		`pass_env[1]: "bad-name" is not`, "pass_env[2]: PATH is set by", "pass_env[3]: PLUGIN_PROTOCOL_VERSIONS"} {
+		`pass_env[1]: "bad-name" is not`, "pass_env[2]: PATH is set by", "pass_env[3]: PLUGIN_PROTOCOL_VERSIONS", "pass_env[4]: LD_PRELOAD changes how", "pass_env[5]: GODEBUG"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate: %v; want it to mention %q", err, want)
 		}

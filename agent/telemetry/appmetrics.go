@@ -239,7 +239,7 @@ func (s *appScraper) scrape(ctx context.Context, now time.Time) appResult {
 	}
 
 	add := func(meter string, v float64) {
-		if math.IsNaN(v) || math.IsInf(v, 0) {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
 			res.invalid++
 			return
 		}

@@ -46,6 +46,11 @@ import (
 
 // Defaults and bounds.
 const (
+	// A sample is taken as it comes when its time is within maxSampleAge
+	// before and maxSampleSkew after the collection; otherwise it is
+	// counted as invalid (usage meters are readings, not history).
+	maxSampleAge       = 7 * 24 * time.Hour
+	maxSampleSkew      = 5 * time.Minute
 	DefaultInterval    = time.Minute
 	DefaultCallTimeout = 20 * time.Second
 	// DefaultMaxBacklog bounds the samples kept in memory while the spool
@@ -203,7 +208,7 @@ func (c *Collector) Collect(ctx context.Context) {
 			}
 		}
 		cctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
-		u, err := p.Usage(cctx, &providerv1.UsageRequest{})
+		u, err := p.Usage(cctx, &providerv1.UsageRequest{Tenants: []string{c.cfg.Tenant}})
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -221,13 +226,19 @@ func (c *Collector) Collect(ctx context.Context) {
 			}
 			meter := prefix + s.GetMeter()
 			v := s.GetValue()
-			if !meterRE.MatchString(meter) || math.IsNaN(v) || math.IsInf(v, 0) {
+			if !meterRE.MatchString(meter) || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
 				invalid++
 				continue
 			}
 			at := now
 			if s.GetTime() != nil && s.GetTime().IsValid() {
 				at = s.GetTime().AsTime()
+			}
+			// A sample from the far past or future would be refused by the
+			// spool and the control plane with the whole batch.
+			if at.Before(now.Add(-maxSampleAge)) || at.After(now.Add(maxSampleSkew)) {
+				invalid++
+				continue
 			}
 			recs = append(recs, spool.Record{Tenant: c.cfg.Tenant, Meter: meter, Value: v, At: at})
 		}
@@ -249,6 +260,9 @@ func (c *Collector) Collect(ctx context.Context) {
 	c.invalid += invalid
 	if foreign > 0 {
 		c.cfg.Logger.Warn("usage samples for other tenants not sent", "count", foreign, "tenant", c.cfg.Tenant)
+	}
+	if invalid > 0 {
+		c.cfg.Logger.Warn("usage samples with an invalid meter, value or time not sent", "count", invalid)
 	}
 	if ar.comp != nil && ar.comp.GetStatus() != agentv1.HealthStatus_HEALTH_STATUS_HEALTHY {
 		c.cfg.Logger.Warn("app metrics", "err", ar.comp.GetMessage())
@@ -310,7 +324,7 @@ func (c *Collector) usageComponent() *agentv1.ComponentHealth {
 		notes = append(notes, fmt.Sprintf("%d samples named another tenant and were not sent", c.foreign))
 	}
 	if c.invalid > 0 {
-		notes = append(notes, fmt.Sprintf("%d samples had an invalid meter or value and were not sent", c.invalid))
+		notes = append(notes, fmt.Sprintf("%d samples had an invalid meter, value or time and were not sent", c.invalid))
 	}
 	if c.lost > 0 {
 		status = agentv1.HealthStatus_HEALTH_STATUS_UNHEALTHY

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	"io"
 	"log/slog"
 	"math"
@@ -26,6 +27,7 @@ type meters struct {
 	samples  []*providerv1.UsageSample
 	health   []*providerv1.ComponentHealth
 	usageErr error
+	asked    []string // the tenants of the last UsageRequest
 }
 
 func (m *meters) set(samples ...*providerv1.UsageSample) {
@@ -49,9 +51,10 @@ func (m *meters) Health(context.Context) (*providerv1.HealthResponse, error) {
 	defer m.mu.Unlock()
 	return &providerv1.HealthResponse{Components: m.health}, nil
 }
-func (m *meters) Usage(context.Context, *providerv1.UsageRequest) (*providerv1.UsageResponse, error) {
+func (m *meters) Usage(_ context.Context, req *providerv1.UsageRequest) (*providerv1.UsageResponse, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.asked = req.GetTenants()
 	if m.usageErr != nil {
 		return nil, m.usageErr
 	}
@@ -113,8 +116,10 @@ func find(cs []*agentv1.ComponentHealth, name string) *agentv1.ComponentHealth {
 // tenants and invalid ones are not sent but counted in the usage component.
 func TestCollectSpoolsOwnUsage(t *testing.T) {
 	c, m, sp := setup(t, spool.Options{}, 0)
+	old := sample("acme", "requests", 1)
+	old.Time = timestamppb.New(time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC))
 	m.set(sample("acme", "storage_bytes", 100), sample("", "requests", 3), sample("globex", "storage_bytes", 7),
-		sample("acme", "Bad Meter", 1), sample("acme", "x", math.NaN()))
+		sample("acme", "Bad Meter", 1), sample("acme", "x", math.NaN()), sample("acme", "refund", -5), old)
 	c.Collect(t.Context())
 	select {
 	case <-c.Changed():
@@ -143,8 +148,11 @@ func TestCollectSpoolsOwnUsage(t *testing.T) {
 	}
 	u := find(h, "usage")
 	if u == nil || u.GetStatus() != agentv1.HealthStatus_HEALTH_STATUS_HEALTHY ||
-		!strings.Contains(u.GetMessage(), "1 samples named another tenant") || !strings.Contains(u.GetMessage(), "2 samples had an invalid meter or value") {
+		!strings.Contains(u.GetMessage(), "1 samples named another tenant") || !strings.Contains(u.GetMessage(), "4 samples had an invalid meter, value or time") {
 		t.Errorf("usage component %v", u)
+	}
+	if m.asked == nil || len(m.asked) != 1 || m.asked[0] != "acme" {
+		t.Errorf("providers asked for the usage of %v, want only the agent's tenant", m.asked)
 	}
 	if err := c.Acked(bs[0].GetSequence()); err != nil {
 		t.Fatal(err)

@@ -38,6 +38,11 @@ const (
 	// maxAuditVerification bounds a step's verification output copied into
 	// the plan's audit record.
 	maxAuditVerification = 512
+	// maxAuditVerifications bounds how many steps' verifications one audit
+	// record carries (the rest stay in the plan's stored step status), and
+	// maxAuditStepID the step id in their keys.
+	maxAuditVerifications = 50
+	maxAuditStepID        = 64
 )
 
 // offerRetry is how long a session waits before offering again after a
@@ -159,9 +164,11 @@ func (s *Service) planStatus(ctx context.Context, stream agentv1.AgentService_Se
 	if u.State == store.PlanSucceeded || u.State == store.PlanFailed {
 		// What a step proved (e.g. that nothing of an erased tenant remains)
 		// belongs in the trail compliance reviewers read.
+		n := 0
 		for _, st := range ps.GetSteps() {
-			if v, ok := st.GetOutputs()["verification"]; ok {
-				detail["verification."+st.GetStepId()] = truncate(v, maxAuditVerification)
+			if v, ok := st.GetOutputs()["verification"]; ok && n < maxAuditVerifications {
+				detail["verification."+truncate(st.GetStepId(), maxAuditStepID)] = truncate(v, maxAuditVerification)
+				n++
 			}
 		}
 	}

@@ -55,7 +55,8 @@ Agents connect to --agent-listen (gRPC over mTLS with SPIFFE X.509-SVIDs);
 operators and the attache CLI use the ops API on --api-listen (HTTPS with a
 certificate from the same CA: pass --ca-file <data-dir>/ca.crt to attache).
 With --metrics (or metrics: true in the config file) the same listener
-serves Prometheus metrics at /metrics without authentication. The billing
+serves Prometheus metrics at /metrics to any API token (give the scraper an
+auditor token). The billing
 export is configured in the config file only (billing:, see
 docs/operations.md).`,
 		Example: `  # Local, everything embedded:
@@ -138,7 +139,7 @@ docs/operations.md).`,
 	f.DurationVar(&svidTTL, "svid-ttl", time.Duration(cfg.SVIDTTL), "lifetime of agent SVIDs (agents renew at half)")
 	f.DurationVar(&heartbeat, "heartbeat-interval", time.Duration(cfg.HeartbeatInterval), "how often agents send heartbeats")
 	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
-	f.BoolVar(&cfg.Metrics.Enabled, "metrics", false, "serve Prometheus metrics at /metrics on the ops API listener, without authentication (config: metrics: true)")
+	f.BoolVar(&cfg.Metrics.Enabled, "metrics", false, "serve Prometheus metrics at /metrics on the ops API listener, to any API token (config: metrics: true)")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	return cmd
 }

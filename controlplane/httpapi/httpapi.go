@@ -3,8 +3,7 @@
 // with a bearer API token (see Bootstrap for the first one); each route
 // allows a set of roles. Every mutation, and every refused request, is
 // appended to the audit trail through the store. GET /metrics, when
-// Config.Metrics is set, is the one route besides /healthz that needs no
-// token.
+// Config.Metrics is set, takes any API token (it names every tenant).
 //
 // The wire types live in apiv1. Only the control-plane server (and
 // controlplane/metrics, for AgentHealth) imports httpapi; clients use
@@ -54,8 +53,8 @@ type Config struct {
 	HeartbeatInterval time.Duration // 0 means DefaultHeartbeatInterval
 	// Plans submits plans; nil leaves the /v1/plans routes out.
 	Plans *plans.Service
-	// Metrics, when set, is served at GET /metrics without authentication
-	// (Prometheus scrapers); nil leaves the route out.
+	// Metrics, when set, is served at GET /metrics to any API token
+	// (Prometheus scrapers use an auditor token); nil leaves the route out.
 	Metrics http.Handler
 }
 
@@ -138,7 +137,7 @@ func New(cfg Config) (http.Handler, error) {
 	s.handle(mux, "GET /v1/health", route{action: "health.list", roles: all, h: s.listHealth})
 	s.handle(mux, "GET /v1/agents/{tenant}/{id}/health", route{action: "agent.health", roles: all, h: s.agentHealthEvents})
 	if cfg.Metrics != nil {
-		s.handle(mux, "GET /metrics", route{action: "metrics", quiet: true, h: func(w http.ResponseWriter, r *http.Request, _ *call) error {
+		s.handle(mux, "GET /metrics", route{action: "metrics", roles: all, quiet: true, h: func(w http.ResponseWriter, r *http.Request, _ *call) error {
 			cfg.Metrics.ServeHTTP(w, r)
 			return nil
 		}})

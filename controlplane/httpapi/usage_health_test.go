@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -301,7 +302,7 @@ func TestAgentHealthEvents(t *testing.T) {
 	}
 }
 
-// TestMetricsRoute: /metrics is served without a token when a handler is
+// TestMetricsRoute: /metrics is served, to any API token, when a handler is
 // configured, and absent otherwise.
 func TestMetricsRoute(t *testing.T) {
 	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "cp.db"), nil)
@@ -331,6 +332,22 @@ func TestMetricsRoute(t *testing.T) {
 	}
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != http.StatusUnauthorized {
+		t.Fatalf("GET /metrics without a token: %d %q, want 401 (it names every tenant)", rec.Code, rec.Body)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "admin.token")
+	if _, err := httpapi.Bootstrap(context.Background(), st, tokenFile, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := strings.TrimSpace(string(raw))
+	rec = httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+secret)
+	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK || rec.Body.String() != "up 1\n" {
 		t.Fatalf("GET /metrics: %d %q", rec.Code, rec.Body)
 	}

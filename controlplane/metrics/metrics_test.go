@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -49,6 +50,7 @@ type env struct {
 	clock *clock
 	srv   *httptest.Server
 	col   *metrics.Collector
+	token string // an API token: /metrics needs one
 }
 
 func newEnv(t *testing.T, cfg metrics.Config) *env {
@@ -76,6 +78,15 @@ func newEnv(t *testing.T, cfg metrics.Config) *env {
 	}
 	e.srv = httptest.NewServer(h)
 	t.Cleanup(e.srv.Close)
+	tokenFile := filepath.Join(t.TempDir(), "admin.token")
+	if _, err := httpapi.Bootstrap(ctx, st, tokenFile, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.token = strings.TrimSpace(string(raw))
 	return e
 }
 
@@ -128,14 +139,33 @@ func (e *env) usage(k store.AgentKey, recs ...store.UsageRecord) {
 	}
 }
 
-// scrape GETs /metrics without a token and returns every sample as
+// scrape GETs /metrics with an API token and returns every sample as
 // `name{label="value",…}` (labels sorted) → value.
 func (e *env) scrape() map[string]float64 {
 	e.t.Helper()
-	resp, err := e.srv.Client().Get(e.srv.URL + "/metrics")
+	req, err := http.NewRequest("GET", e.srv.URL+"/metrics", nil)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return e.parse(resp)
+}
+
+// scrapeCollector GETs the collector's own handler, without the ops API in
+// front (whose token check needs the store).
+func (e *env) scrapeCollector() map[string]float64 {
+	e.t.Helper()
+	rec := httptest.NewRecorder()
+	e.col.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return e.parse(rec.Result())
+}
+
+func (e *env) parse(resp *http.Response) map[string]float64 {
+	e.t.Helper()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
@@ -363,7 +393,7 @@ func TestStoreFailure(t *testing.T) {
 	}
 	e.st.Close()
 	e.clock.Advance(time.Minute)
-	got := e.scrape()
+	got := e.scrapeCollector()
 	want(t, got, map[string]float64{
 		`attache_agents{state="silent"}`:        1,
 		`attache_metrics_snapshot_errors_total`: 1,
@@ -372,11 +402,9 @@ func TestStoreFailure(t *testing.T) {
 
 	fresh := newEnv(t, metrics.Config{})
 	fresh.st.Close()
-	resp, err := fresh.srv.Client().Get(fresh.srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	rec := httptest.NewRecorder()
+	fresh.col.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	resp := rec.Result()
 	if resp.StatusCode != http.StatusInternalServerError {
 		t.Fatalf("scrape without any snapshot: %d, want 500", resp.StatusCode)
 	}

@@ -199,8 +199,8 @@ func TestBillingConfigErrors(t *testing.T) {
 	}
 }
 
-// TestMetricsEndpoint: /metrics is on the ops API listener, without a
-// token, only when enabled.
+// TestMetricsEndpoint: /metrics is on the ops API listener, for API
+// tokens, only when enabled.
 func TestMetricsEndpoint(t *testing.T) {
 	get := func(cp *testCP) (int, string) {
 		t.Helper()
@@ -211,7 +211,14 @@ func TestMetricsEndpoint(t *testing.T) {
 		pool := x509.NewCertPool()
 		pool.AddCert(authority.Certificate())
 		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}}
-		resp, err := hc.Get("https://" + cp.APIAddr().String() + "/metrics")
+		req, err := http.NewRequest("GET", "https://"+cp.APIAddr().String()+"/metrics", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token, err := os.ReadFile(filepath.Join(cp.dir, AdminTokenFile)); err == nil {
+			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+		}
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -82,8 +82,8 @@ func validateUsage(k AgentKey, seq uint64, recs []UsageRecord) error {
 		switch {
 		case !ValidMeter(r.Meter):
 			problem = fmt.Sprintf("meter %q does not match ^[a-z][a-z0-9_.]{0,99}$", trimForError(r.Meter))
-		case math.IsNaN(r.Value) || math.IsInf(r.Value, 0):
-			problem = fmt.Sprintf("value %v is not finite", r.Value)
+		case math.IsNaN(r.Value) || math.IsInf(r.Value, 0) || r.Value < 0:
+			problem = fmt.Sprintf("value %v is not a finite, non-negative number", r.Value)
 		case !validTime(r.At):
 			problem = fmt.Sprintf("at %v is zero or out of range", r.At)
 		default:

@@ -83,7 +83,7 @@ func testUsage(t *testing.T, s store.Store) {
 	// The same sequence number from another agent is another batch.
 	mustIngest(t, s, a2, 1, []store.UsageRecord{
 		{Meter: "requests", Value: 10, At: t0.Add(5 * time.Minute)},
-		{Meter: "requests", Value: -2, At: t0.Add(10 * time.Minute)}, // same time as a1's latest
+		{Meter: "requests", Value: 2, At: t0.Add(10 * time.Minute)}, // same time as a1's latest
 	}, false)
 	mustIngest(t, s, b1, 1, []store.UsageRecord{{Meter: "requests", Value: 100, At: t0}}, false)
 	// An empty batch is recorded too.
@@ -92,7 +92,7 @@ func testUsage(t *testing.T, s store.Store) {
 
 	cpu0 := store.UsageHour{Tenant: "acme", Meter: "cpu.seconds", Hour: h0, Sum: 2.5, Count: 1, Max: 2.5, Last: 2.5, LastAt: micro(t0)}
 	// Of records with the same time, the one stored later is the last.
-	req0 := store.UsageHour{Tenant: "acme", Meter: "requests", Hour: h0, Sum: 3 + 4 + 1 + 10 - 2, Count: 5, Max: 10, Last: -2, LastAt: micro(t0.Add(10 * time.Minute))}
+	req0 := store.UsageHour{Tenant: "acme", Meter: "requests", Hour: h0, Sum: 3 + 4 + 1 + 10 + 2, Count: 5, Max: 10, Last: 2, LastAt: micro(t0.Add(10 * time.Minute))}
 	req1 := store.UsageHour{Tenant: "acme", Meter: "requests", Hour: hour(1), Sum: 5, Count: 1, Max: 5, Last: 5, LastAt: hour(1)}
 	beta0 := store.UsageHour{Tenant: "beta", Meter: "requests", Hour: h0, Sum: 100, Count: 1, Max: 100, Last: 100, LastAt: micro(t0)}
 
@@ -108,7 +108,7 @@ func testUsage(t *testing.T, s store.Store) {
 
 	wantHours(t, "UsageTotals(acme)", mustTotals(t, s, "acme"), []store.UsageHour{
 		{Tenant: "acme", Meter: "cpu.seconds", Sum: 2.5, Count: 1, Max: 2.5, Last: 2.5, LastAt: micro(t0)},
-		{Tenant: "acme", Meter: "requests", Sum: 21, Count: 6, Max: 10, Last: 5, LastAt: hour(1)},
+		{Tenant: "acme", Meter: "requests", Sum: 25, Count: 6, Max: 10, Last: 5, LastAt: hour(1)},
 	})
 	if got := mustTotals(t, s, ""); len(got) != 3 || got[2].Tenant != "beta" || got[2].Sum != 100 {
 		t.Errorf("UsageTotals(all) = %+v", got)
@@ -177,6 +177,7 @@ func testUsageValidation(t *testing.T, s store.Store) {
 		{"NaN", k, 1, with(store.UsageRecord{Meter: "requests", Value: math.NaN(), At: t0}), []string{"record 2", "value"}},
 		{"+Inf", k, 1, with(store.UsageRecord{Meter: "requests", Value: math.Inf(1), At: t0}), []string{"record 2", "value"}},
 		{"-Inf", k, 1, with(store.UsageRecord{Meter: "requests", Value: math.Inf(-1), At: t0}), []string{"record 2", "value"}},
+		{"negative", k, 1, with(store.UsageRecord{Meter: "requests", Value: -1, At: t0}), []string{"record 2", "non-negative"}},
 		{"zero time", k, 1, with(store.UsageRecord{Meter: "requests", Value: 1}), []string{"record 2", "at"}},
 		{"year 10000", k, 1, with(store.UsageRecord{Meter: "requests", Value: 1, At: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}), []string{"record 2", "at"}},
 		{"sequence 0", k, 0, []store.UsageRecord{good}, []string{"sequence 0"}},
@@ -202,12 +203,12 @@ func testUsageValidation(t *testing.T, s store.Store) {
 	// themselves are accepted.
 	full := make([]store.UsageRecord, store.MaxUsageBatch)
 	for i := range full {
-		full[i] = store.UsageRecord{Meter: "m" + strings.Repeat("x", 99), Value: -1.5, At: t0}
+		full[i] = store.UsageRecord{Meter: "m" + strings.Repeat("x", 99), Value: 1.5, At: t0}
 	}
 	mustIngest(t, s, k, 1, full, false)
 	mustIngest(t, s, k, math.MaxInt64, []store.UsageRecord{{Meter: "a", Value: 0, At: t0}}, false)
 	tot := mustTotals(t, s, "acme")
-	if len(tot) != 2 || tot[0].Meter != "a" || tot[1].Count != store.MaxUsageBatch || tot[1].Sum != -1.5*store.MaxUsageBatch {
+	if len(tot) != 2 || tot[0].Meter != "a" || tot[1].Count != store.MaxUsageBatch || tot[1].Sum != 1.5*store.MaxUsageBatch {
 		t.Errorf("UsageTotals = %+v", tot)
 	}
 }
