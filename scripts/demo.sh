@@ -104,7 +104,7 @@ for t in "${TENANTS[@]}"; do
 	chmod 600 "$D/agent-$t.yaml"
 	sed 's/^/    /' "$D/agent-$t.yaml"
 	"$BIN/attache-agent" run --state-dir "$D/agent-$t/state" --config "$D/agent-$t.yaml" --token "$TOKEN" \
-		>"$D/agent-$t.log" 2>&1 &
+		--usage-interval 2s >"$D/agent-$t.log" 2>&1 &
 	pids+=($!)
 	echo "pid $!, log $D/agent-$t.log"
 done
@@ -136,6 +136,12 @@ step "Every plan and its status"
 cli plan list
 last="$(cli -o json plan list --tenant acme --limit 1 | sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' | head -n1)"
 [ -n "$last" ] && cli plan show "$last"
+
+step "Fleet health (unhealthy and silent agents first) and acme's usage, spooled by its agent and stored once per batch"
+cli health
+has_usage() { cli usage show --tenant acme --format csv 2>/dev/null | grep -q 'local.storage_bytes'; }
+wait_for "acme's usage to arrive" has_usage
+cli usage show --tenant acme
 
 step "The audit log (hash-chained; verified below)"
 cli audit log
