@@ -65,6 +65,10 @@ type Usage interface {
 	Pending(after uint64, limit int) ([]*agentv1.UsageBatch, error)
 	// Acked records that the control plane stored batch seq.
 	Acked(seq uint64) error
+	// HealthHistory removes and returns up to limit spooled health
+	// snapshots (changes of component status, with the time they
+	// happened), oldest first, sent before each live heartbeat.
+	HealthHistory(limit int) ([]*agentv1.Heartbeat, error)
 }
 
 // Plans is what the session needs from the agent's plan runner
@@ -225,6 +229,17 @@ func (c *Client) runOnce(ctx context.Context) error {
 		return nil
 	}
 	heartbeat := func() error {
+		if c.cfg.Usage != nil {
+			history, err := c.cfg.Usage.HealthHistory(100)
+			if err != nil {
+				c.cfg.Logger.Warn("health history not sent", "err", err)
+			}
+			for _, hb := range history {
+				if err := send(&agentv1.AgentMessage{Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: hb}}); err != nil {
+					return err
+				}
+			}
+		}
 		var comps []*agentv1.ComponentHealth
 		if c.cfg.Health != nil {
 			comps = c.cfg.Health()

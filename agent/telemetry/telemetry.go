@@ -35,6 +35,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -106,6 +107,7 @@ type Collector struct {
 	lastErr   string                     // last spool error other than full
 	appComp   *agentv1.ComponentHealth   // the last scrape's, with AppMetrics
 	rounds    uint64
+	lastSig   string // component names and statuses of the last spooled health snapshot
 }
 
 // New returns a collector; Run starts it.
@@ -267,6 +269,7 @@ func (c *Collector) Collect(ctx context.Context) {
 	if ar.comp != nil && ar.comp.GetStatus() != agentv1.HealthStatus_HEALTH_STATUS_HEALTHY {
 		c.cfg.Logger.Warn("app metrics", "err", ar.comp.GetMessage())
 	}
+	c.spoolHealth(now)
 	pending := append(c.backlog, recs...)
 	if len(pending) == 0 {
 		return
@@ -334,6 +337,74 @@ func (c *Collector) usageComponent() *agentv1.ComponentHealth {
 		msg += "; " + strings.Join(notes, "; ")
 	}
 	return component("usage", status, msg)
+}
+
+// spoolHealth writes a health snapshot to the spool when a component's
+// status changed since the last one (so the control plane's health history
+// gets the change at the time it happened, even across a disconnect; the
+// spool drops the oldest snapshots first when it is short of room). c.mu
+// must be held.
+func (c *Collector) spoolHealth(now time.Time) {
+	var comps []*agentv1.ComponentHealth
+	if c.cfg.Self != nil {
+		comps = append(comps, c.cfg.Self()...)
+	}
+	comps = append(comps, c.providers...)
+	if c.appComp != nil {
+		comps = append(comps, c.appComp)
+	}
+	comps = append(comps, c.usageComponent())
+	sort.SliceStable(comps, func(i, j int) bool { return comps[i].GetName() < comps[j].GetName() })
+	var sig strings.Builder
+	snap := spool.Health{At: now, Components: make([]spool.Component, 0, len(comps))}
+	for _, hc := range comps[:min(len(comps), spool.MaxComponents)] {
+		sig.WriteString(hc.GetName() + "=" + hc.GetStatus().String() + "\n")
+		snap.Components = append(snap.Components, spool.Component{
+			Name: truncate(hc.GetName(), spool.MaxComponentNameLen), Status: hc.GetStatus().String(),
+			Message: truncate(hc.GetMessage(), spool.MaxMessageLen),
+		})
+	}
+	if sig.String() == c.lastSig {
+		return
+	}
+	if err := c.cfg.Spool.AddHealth(snap); err != nil {
+		c.cfg.Logger.Warn("health snapshot not spooled", "err", err)
+		return
+	}
+	c.lastSig = sig.String()
+}
+
+// HealthHistory removes and returns up to limit spooled health snapshots,
+// oldest first, as heartbeats carrying the time of the change
+// (session.Usage). They are not kept once taken: health may be lost, usage
+// never.
+func (c *Collector) HealthHistory(limit int) ([]*agentv1.Heartbeat, error) {
+	hs, err := c.cfg.Spool.TakeHealth(limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*agentv1.Heartbeat, 0, len(hs))
+	for _, h := range hs {
+		hb := &agentv1.Heartbeat{SentAt: timestamppb.New(h.At)}
+		for _, cp := range h.Components {
+			hb.Components = append(hb.Components, &agentv1.ComponentHealth{
+				Name: cp.Name, Status: agentv1.HealthStatus(agentv1.HealthStatus_value[cp.Status]), Message: cp.Message,
+			})
+		}
+		out = append(out, hb)
+	}
+	return out, nil
+}
+
+// truncate cuts s to at most n bytes on a UTF-8 boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // Changed is signalled after usage was spooled (session.Usage).

@@ -228,3 +228,33 @@ func TestProviderFailureReported(t *testing.T) {
 		t.Fatalf("spooled %+v", st)
 	}
 }
+
+// TestHealthHistory: a health snapshot is spooled when a component's status
+// changes (not every round) and handed to the session as heartbeats that
+// carry the time of the change.
+func TestHealthHistory(t *testing.T) {
+	c, m, _ := setup(t, spool.Options{}, 0)
+	c.Collect(t.Context())
+	c.Collect(t.Context()) // unchanged: no second snapshot
+	hs, err := c.HealthHistory(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hs) != 1 || hs[0].GetSentAt() == nil {
+		t.Fatalf("history after two identical rounds: %v", hs)
+	}
+	if db := find(hs[0].GetComponents(), "provider/my-db/db"); db == nil || db.GetStatus() != agentv1.HealthStatus_HEALTH_STATUS_DEGRADED || db.GetMessage() != "slow" {
+		t.Fatalf("snapshot components %v", hs[0].GetComponents())
+	}
+	if again, _ := c.HealthHistory(10); len(again) != 0 {
+		t.Fatalf("taken snapshots returned again: %v", again)
+	}
+	m.mu.Lock()
+	m.health = []*providerv1.ComponentHealth{{Name: "db", Status: providerv1.ComponentStatus_COMPONENT_STATUS_HEALTHY}}
+	m.mu.Unlock()
+	c.Collect(t.Context())
+	hs, _ = c.HealthHistory(10)
+	if len(hs) != 1 || find(hs[0].GetComponents(), "provider/my-db/db").GetStatus() != agentv1.HealthStatus_HEALTH_STATUS_HEALTHY {
+		t.Fatalf("history after the status changed: %v", hs)
+	}
+}

@@ -301,7 +301,7 @@ func (s *Service) handle(ctx context.Context, stream agentv1.AgentService_Sessio
 			health = healthJSON(cs)
 		}
 		s.beats.add(store.Heartbeat{AgentKey: key, At: s.cfg.Now(), Health: health})
-		s.recordHealth(ctx, key, lastHealth, health, b.Heartbeat.GetComponents())
+		s.recordHealth(ctx, key, lastHealth, health, b.Heartbeat.GetComponents(), s.heartbeatTime(b.Heartbeat))
 		return nil
 	case *agentv1.AgentMessage_PlanStatus:
 		if t := foreignTenant(m, key.Tenant); t != "" {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -73,6 +74,23 @@ func usageRecords(b *agentv1.UsageBatch) ([]store.UsageRecord, error) {
 	return out, nil
 }
 
+// maxHealthAge is how far back a heartbeat's sent_at is believed: agents
+// send spooled health changes with the time they happened.
+const maxHealthAge = 7 * 24 * time.Hour
+
+// heartbeatTime is when a heartbeat's health was observed: its sent_at when
+// that is plausible (not in the future, not older than maxHealthAge), else
+// now.
+func (s *Service) heartbeatTime(hb *agentv1.Heartbeat) time.Time {
+	now := s.cfg.Now()
+	if t := hb.GetSentAt(); t != nil && t.IsValid() {
+		if at := t.AsTime(); !at.After(now) && now.Sub(at) <= maxHealthAge {
+			return at
+		}
+	}
+	return now
+}
+
 // healthStates converts heartbeat components for the store's health
 // history.
 func healthStates(cs []*agentv1.ComponentHealth) []store.ComponentState {
@@ -87,11 +105,11 @@ func healthStates(cs []*agentv1.ComponentHealth) []store.ComponentState {
 // recordHealth keeps the agent's health history: called with every
 // heartbeat's components, it writes only when they differ from what this
 // session last recorded (the store appends an event per status change).
-func (s *Service) recordHealth(ctx context.Context, key store.AgentKey, last *[]byte, health []byte, cs []*agentv1.ComponentHealth) {
+func (s *Service) recordHealth(ctx context.Context, key store.AgentKey, last *[]byte, health []byte, cs []*agentv1.ComponentHealth, at time.Time) {
 	if len(cs) == 0 || bytes.Equal(*last, health) {
 		return
 	}
-	if err := s.cfg.Store.RecordHealth(ctx, key, s.cfg.Now(), healthStates(cs)); err != nil {
+	if err := s.cfg.Store.RecordHealth(ctx, key, at, healthStates(cs)); err != nil {
 		if ctx.Err() == nil {
 			s.cfg.Logger.Warn("record health history", "tenant", key.Tenant, "agent", key.ID, "err", err)
 		}

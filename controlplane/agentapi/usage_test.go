@@ -132,4 +132,34 @@ func TestHealthHistory(t *testing.T) {
 	if len(evs) != 2 || evs[0].Status != "degraded" || evs[0].Message != "back-pressure" || evs[1].Status != "healthy" {
 		t.Fatalf("health events %+v, want degraded then (older) healthy", evs)
 	}
+	// A spooled change sent after a disconnect keeps the time it happened;
+	// a time in the future is not believed.
+	then := time.Now().Add(-time.Hour).UTC().Truncate(time.Millisecond)
+	for _, hb := range []*agentv1.Heartbeat{
+		{SentAt: timestamppb.New(then), Components: []*agentv1.ComponentHealth{{Name: "spool", Status: agentv1.HealthStatus_HEALTH_STATUS_UNHEALTHY}}},
+		{SentAt: timestamppb.New(time.Now().Add(time.Hour)), Components: []*agentv1.ComponentHealth{{Name: "future", Status: agentv1.HealthStatus_HEALTH_STATUS_HEALTHY}}},
+	} {
+		s.id++
+		if err := s.stream.Send(&agentv1.AgentMessage{Id: s.id, Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: hb}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	byName := map[string]store.HealthEvent{}
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline) && len(byName) < 2; time.Sleep(20 * time.Millisecond) {
+		evs, err := c.store.HealthEvents(t.Context(), k, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range evs {
+			if e.Component == "spool" || e.Component == "future" {
+				byName[e.Component] = e
+			}
+		}
+	}
+	if e := byName["spool"]; !e.At.Equal(then) {
+		t.Errorf("spooled change recorded at %v, want %v", e.At, then)
+	}
+	if e := byName["future"]; e.At.After(time.Now()) || e.At.IsZero() {
+		t.Errorf("future heartbeat recorded at %v", e.At)
+	}
 }
