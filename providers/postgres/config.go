@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -190,8 +191,8 @@ func (c Config) settings() (settings, error) {
 	}
 	if c.AppRole != "" {
 		switch {
-		case !identRE.MatchString(c.AppRole) || strings.HasPrefix(c.AppRole, "pg_"):
-			fail("app_role", "must be a lower-case role name (^[a-z_][a-z0-9_]{0,62}$, not pg_*), got %q", c.AppRole)
+		case !identRE.MatchString(c.AppRole) || strings.HasPrefix(c.AppRole, "pg_") || c.AppRole == "public":
+			fail("app_role", "must be a lower-case role name (^[a-z_][a-z0-9_]{0,62}$, not pg_* or public), got %q", c.AppRole)
 		case prefixOK && strings.HasPrefix(c.AppRole, s.NamePrefix):
 			fail("app_role", "%q starts with name_prefix %q, so it could be taken for a tenant's role", c.AppRole, s.NamePrefix)
 		}
@@ -263,30 +264,55 @@ func invalidConfig(err error) error {
 }
 
 // readDSN reads the connection string from its secret reference. Errors
-// name the reference, never the value.
-func (s *settings) readDSN() (dsn, source string, err error) {
+// name the reference, never the value. A dsn_file that other users may
+// read or write (mode & 0o007) is refused; warning is set when its group
+// may (Kubernetes secrets are often mounted 0640 or 0440).
+func (s *settings) readDSN() (dsn, source, warning string, err error) {
 	if s.DSNEnv != "" {
 		source = "dsn from env " + s.DSNEnv
 		dsn = strings.TrimSpace(os.Getenv(s.DSNEnv))
 		if dsn == "" {
-			return "", source, fieldError{field: "config.dsn_env", msg: fmt.Sprintf("environment variable %s is not set or empty", s.DSNEnv)}
+			return "", source, "", fieldError{field: "config.dsn_env", msg: fmt.Sprintf("environment variable %s is not set or empty", s.DSNEnv)}
 		}
-		return dsn, source, nil
+		return dsn, source, "", nil
 	}
 	source = "dsn from file " + s.DSNFile
-	b, err := os.ReadFile(s.DSNFile)
-	if err != nil {
+	fileErr := func(err error) error {
 		var pe *os.PathError
 		if errors.As(err, &pe) {
 			err = pe.Err // the path is in the field; the error alone
 		}
-		return "", source, fieldError{field: "config.dsn_file", msg: fmt.Sprintf("read %s: %v", s.DSNFile, err)}
+		return fieldError{field: "config.dsn_file", msg: fmt.Sprintf("read %s: %v", s.DSNFile, err)}
+	}
+	f, err := os.Open(s.DSNFile)
+	if err != nil {
+		return "", source, "", fileErr(err)
+	}
+	defer f.Close()
+	// The mode of the file opened (symbolic links followed), not of a path
+	// that could be swapped between a check and the read.
+	fi, err := f.Stat()
+	if err != nil {
+		return "", source, "", fileErr(err)
+	}
+	switch mode := fi.Mode().Perm(); {
+	case !fi.Mode().IsRegular():
+		return "", source, "", fieldError{field: "config.dsn_file", msg: fmt.Sprintf("%s is not a regular file", s.DSNFile)}
+	case mode&0o007 != 0:
+		return "", source, "", fieldError{field: "config.dsn_file", msg: fmt.Sprintf(
+			"%s has mode %04o: other users may read (or change) the connection string; make it readable by the provider's user (and at most its group) only: chmod 0600 (or 0640; a Kubernetes secret volume: defaultMode 0400 or 0440)", s.DSNFile, mode)}
+	case mode&0o070 != 0:
+		warning = fmt.Sprintf("%s has mode %04o: the members of its group may read the connection string; 0600 (or 0400) keeps it to the provider's user", s.DSNFile, mode)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return "", source, "", fileErr(err)
 	}
 	dsn = strings.TrimSpace(string(b))
 	if dsn == "" {
-		return "", source, fieldError{field: "config.dsn_file", msg: fmt.Sprintf("%s is empty", s.DSNFile)}
+		return "", source, "", fieldError{field: "config.dsn_file", msg: fmt.Sprintf("%s is empty", s.DSNFile)}
 	}
-	return dsn, source, nil
+	return dsn, source, warning, nil
 }
 
 // poolConfig parses dsn and applies the settings: timeouts, pool size and
@@ -313,6 +339,14 @@ func (s *settings) poolConfig(dsn, source string) (*pgxpool.Config, []string, er
 	}
 	cc.RuntimeParams["statement_timeout"] = fmt.Sprint(s.statementTimeout.Milliseconds())
 	cc.RuntimeParams["lock_timeout"] = fmt.Sprint(s.lockTimeout.Milliseconds())
+	// Unqualified names in the provider's own statements resolve in
+	// pg_catalog only (then in the session's own temporary schema, which
+	// only the session itself can fill): nothing a tenant role or anyone
+	// else plants in public or another schema can take the place of a
+	// catalog function, operator or table. Migrations set their own
+	// search_path (the target's schema) for their transaction; a pooled
+	// connection gets this one back with DISCARD ALL (see env.acquire).
+	cc.RuntimeParams["search_path"] = providerSearchPath
 	if cc.RuntimeParams["application_name"] == "" {
 		cc.RuntimeParams["application_name"] = "attache-provider-postgres"
 	}
@@ -325,6 +359,9 @@ func (s *settings) poolConfig(dsn, source string) (*pgxpool.Config, []string, er
 	pc.MinConns = 0
 	return pc, secrets, nil
 }
+
+// providerSearchPath is the search_path of the provider's connections.
+const providerSearchPath = "pg_catalog, pg_temp"
 
 // applyTLS replaces the TLS configuration of the main host and of every
 // fallback host with one built from s.TLS. Fallbacks that differ only by TLS

@@ -12,9 +12,10 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// acquire hands the migration engine a connection of the main pool; the
-// release resets what a migration may have set on the session (SET, SET
-// ROLE) before the connection goes back, or destroys it if that fails.
+// acquire hands the migration engine (or a long statement of the
+// provider's) a connection of the main pool. Its release resets the whole
+// session before the connection goes back, or destroys the connection if
+// that fails; see resetSession.
 func (e *env) acquire(ctx context.Context) (*pgx.Conn, func(), error) {
 	c, err := e.pool.Acquire(ctx)
 	if err != nil {
@@ -24,7 +25,8 @@ func (e *env) acquire(ctx context.Context) (*pgx.Conn, func(), error) {
 		conn := c.Conn()
 		if !conn.IsClosed() {
 			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if _, err := conn.Exec(rctx, "SET SESSION AUTHORIZATION DEFAULT; RESET ALL"); err != nil {
+			if err := resetSession(rctx, conn); err != nil {
+				e.log.Warn("could not reset a pooled connection after a migration; closing it", "err", scrub(err.Error(), e.secrets))
 				_ = conn.Close(rctx)
 			}
 			cancel()
@@ -32,6 +34,29 @@ func (e *env) acquire(ctx context.Context) (*pgx.Conn, func(), error) {
 		c.Release()
 	}
 	return c.Conn(), release, nil
+}
+
+// resetSession undoes everything a migration may have left on conn's
+// session: DISCARD ALL ends SET ROLE and SET SESSION AUTHORIZATION, resets
+// every setting to its connection default (the pool's search_path and
+// timeouts), releases session advisory locks, drops temporary tables and
+// prepared statements, and stops LISTEN. It cannot run in a transaction: a
+// connection left in one is refused (the caller closes it). pgx keeps its
+// own cache of the statements it prepared on the connection, which DISCARD
+// ALL has dropped on the server: DeallocateAll empties that cache too, so
+// the next query prepares its statement again instead of failing with
+// "prepared statement … does not exist".
+func resetSession(ctx context.Context, conn *pgx.Conn) error {
+	if st := conn.PgConn().TxStatus(); st != 'I' {
+		return fmt.Errorf("connection left in a transaction (status %q)", st)
+	}
+	if _, err := conn.PgConn().Exec(ctx, "DISCARD ALL").ReadAll(); err != nil {
+		return fmt.Errorf("DISCARD ALL: %w", err)
+	}
+	if err := conn.DeallocateAll(ctx); err != nil {
+		return fmt.Errorf("reset the statement cache: %w", err)
+	}
+	return nil
 }
 
 // connectDB opens a connection to database db (a silo tenant's) with the
@@ -229,17 +254,69 @@ func (r *progressReporter) event(ev migrate.Event) {
 	r.progress(&providerv1.Progress{Resource: r.resource(ev.Target), Message: msg})
 }
 
-// lockDownState leaves a tenant role only SELECT on its migration state
-// table (default privileges gave it DML when the engine created it).
-func lockDownState(ctx context.Context, q querier, schema, role string) error {
-	var exists bool
-	if err := q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, qual(schema, stateTable)).Scan(&exists); err != nil {
+// stateLockdownSQL creates the migration state table of schema if it is
+// missing (the engine's definition, migrate.StateTableDDL) and leaves role
+// only SELECT on it, so a tenant can read its version but never forge or
+// erase it: the default privileges of a tenant schema would give the role
+// INSERT, UPDATE and DELETE on a table the engine creates. It takes the
+// target's advisory lock first (waiting as long as the caller's context
+// allows, like the engine) so it never races the engine's own CREATE, and
+// changes privileges only when they are not already right. Run it in a
+// transaction; a multi-statement simple query is one.
+func (e *env) stateLockdownSQL(schema, role string, key int64) string {
+	tbl := qual(schema, stateTable)
+	r := ident(role)
+	return fmt.Sprintf(`SET LOCAL statement_timeout = 0;
+SET LOCAL lock_timeout = 0;
+SELECT pg_catalog.pg_advisory_xact_lock(%[1]d);
+SET LOCAL statement_timeout = %[2]d;
+SET LOCAL lock_timeout = %[3]d;
+%[4]s;
+DO $attache$BEGIN
+IF pg_catalog.has_table_privilege(%[5]s, %[6]s, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+   OR NOT pg_catalog.has_table_privilege(%[5]s, %[6]s, 'SELECT') THEN
+  REVOKE ALL ON %[7]s FROM PUBLIC;
+  REVOKE ALL ON %[7]s FROM %[8]s;
+  GRANT SELECT ON %[7]s TO %[8]s;
+END IF;
+END$attache$`, key, e.s.statementTimeout.Milliseconds(), e.s.lockTimeout.Milliseconds(),
+		migrate.StateTableDDL(schema), literal(role), literal(tbl), tbl, r)
+}
+
+// lockDownTenantState runs stateLockdownSQL for tenant t's target in model
+// m (bridge: its schema; silo: schema public of its database).
+func (e *env) lockDownTenantState(ctx context.Context, m Model, t tenantRef) error {
+	tg := e.modelTarget(m, t).t
+	sql := e.stateLockdownSQL(tg.Schema, t.name, tg.LockKey)
+	if m == Bridge {
+		_, err := e.pool.Exec(ctx, sql)
 		return err
 	}
-	if !exists {
-		return nil
+	return e.withDB(ctx, t.name, func(conn *pgx.Conn) error {
+		_, err := conn.Exec(ctx, sql)
+		return err
+	})
+}
+
+// lockedTarget is tenant t's target in model m whose connections, before
+// the engine uses them, get the migration state table created and locked
+// down (stateLockdownSQL): whatever the target's version, and before any
+// migration of this run, so the tenant role never holds more than SELECT
+// on it. For runs that change things only (not Plan's dry runs).
+func (e *env) lockedTarget(m Model, t tenantRef) target {
+	tg := e.modelTarget(m, t)
+	connect := tg.t.Connect
+	sql := e.stateLockdownSQL(tg.t.Schema, t.name, tg.t.LockKey)
+	tg.t.Connect = func(ctx context.Context) (*pgx.Conn, func(), error) {
+		conn, release, err := connect(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			release()
+			return nil, nil, fmt.Errorf("restrict the migration state table of schema %s: %w", tg.t.Schema, err)
+		}
+		return conn, release, nil
 	}
-	_, err := q.Exec(ctx, fmt.Sprintf("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s; GRANT SELECT ON %s TO %s",
-		qual(schema, stateTable), ident(role), qual(schema, stateTable), ident(role)))
-	return err
+	return tg
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -50,6 +53,83 @@ type erasePlan struct {
 	reg    map[string]Model
 }
 
+// exportsOf reports whether tenant id has an export directory,
+// <export_dir>/<id> (false without export_dir).
+func (e *env) exportsOf(id string) (bool, error) {
+	if e.s.ExportDir == "" {
+		return false, nil
+	}
+	_, err := os.Lstat(filepath.Join(e.s.ExportDir, id))
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("export directory of tenant %s: %w", id, err)
+}
+
+// addExportChange lists a tenant's export directory for erasure: its
+// exports are full copies of its data.
+func (e *env) addExportChange(cs *changes, id string) error {
+	if e.s.ExportDir == "" {
+		return nil
+	}
+	has, err := e.exportsOf(id)
+	if err != nil {
+		return err
+	}
+	kind, res := filepath.Join(e.s.ExportDir, "*"), filepath.Join(e.s.ExportDir, id)
+	if has {
+		cs.add(kind, res, opDelete, "delete the exports of tenant %s (%s)", id, res)
+	} else {
+		cs.add(kind, res, opNoop, "no export of tenant %s", id)
+	}
+	return nil
+}
+
+// removeExports deletes tenant id's export directory, <export_dir>/<id>,
+// and everything in it (a symbolic link is removed, not followed).
+func (e *env) removeExports(id string) error {
+	if e.s.ExportDir == "" {
+		return nil
+	}
+	root, err := os.OpenRoot(e.s.ExportDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete the exports: %w", err)
+	}
+	defer root.Close()
+	if err := root.RemoveAll(id); err != nil {
+		return fmt.Errorf("delete the exports in %s: %w", filepath.Join(e.s.ExportDir, id), err)
+	}
+	return nil
+}
+
+// verifyExports says whether any of tenants still has an export
+// directory.
+func (e *env) verifyExports(tenants []tenantRef) (string, bool, error) {
+	var left []string
+	for _, t := range tenants {
+		has, err := e.exportsOf(t.id)
+		if err != nil {
+			return "", false, err
+		}
+		if has {
+			left = append(left, filepath.Join(e.s.ExportDir, t.id))
+		}
+	}
+	if len(left) > 0 {
+		return fmt.Sprintf("%s remain: %s", count(int64(len(left)), "export directory"), listNames(left)), false, nil
+	}
+	if len(tenants) == 1 {
+		return "no export directory " + filepath.Join(e.s.ExportDir, tenants[0].id), true, nil
+	}
+	return fmt.Sprintf("no export directory under %s for %s", e.s.ExportDir, listNames(ids(tenants))), true, nil
+}
+
 func planErase(ctx context.Context, e *env, spec *eraseSpec) (changes, error) {
 	pl, err := e.planErase(ctx, spec)
 	if err != nil {
@@ -89,6 +169,9 @@ func (e *env) planErase(ctx context.Context, spec *eraseSpec) (*erasePlan, error
 				}
 			}
 			e.addUnregisterChange(&pl.cs, t.id, reg)
+			if err := e.addExportChange(&pl.cs, t.id); err != nil {
+				return nil, err
+			}
 		}
 		return pl, nil
 	}
@@ -101,7 +184,7 @@ func (e *env) planErase(ctx context.Context, spec *eraseSpec) (*erasePlan, error
 	if err != nil {
 		return nil, err
 	}
-	if pl.roles, err = roleStates(ctx, e.pool, ns); err != nil {
+	if pl.roles, err = roleStates(ctx, e.pool, ns, e.s.AppRole); err != nil {
 		return nil, err
 	}
 	for _, t := range spec.tenants {
@@ -119,6 +202,9 @@ func (e *env) planErase(ctx context.Context, spec *eraseSpec) (*erasePlan, error
 			pl.cs.add(roleKind, roleRes, opNoop, "no role %s", t.name)
 		}
 		e.addUnregisterChange(&pl.cs, t.id, reg)
+		if err := e.addExportChange(&pl.cs, t.id); err != nil {
+			return nil, err
+		}
 	}
 	return pl, nil
 }
@@ -280,6 +366,11 @@ func applyErase(ctx context.Context, e *env, spec *eraseSpec, progress sdk.Progr
 		case Silo:
 			err = e.eraseSilo(ctx, pl, t)
 		}
+		if err == nil {
+			// Only once its data is gone from the database: until then an
+			// export may be all the tenant has.
+			err = e.removeExports(t.id)
+		}
 		if err != nil {
 			return fmt.Errorf("tenant %s: %w", t.id, err)
 		}
@@ -395,15 +486,15 @@ func dropRole(ctx context.Context, tx pgx.Tx, name string) error {
 }
 
 // verifyErased proves, in a new transaction, that nothing of the tenants
-// remains, and says so in one line.
-func (e *env) verifyErased(ctx context.Context, spec *eraseSpec, pl *erasePlan) (string, bool, error) {
+// remains, and that they have no export directory left, and says so in one
+// line.
+func (e *env) verifyErased(ctx context.Context, spec *eraseSpec, pl *erasePlan) (line string, clean bool, err error) {
 	subject := "tenant " + spec.tenants[0].id
 	if len(spec.tenants) > 1 {
 		subject = fmt.Sprintf("%d tenants (%s)", len(spec.tenants), listNames(ids(spec.tenants)))
 	}
-	var line string
-	clean := true
-	err := pgx.BeginTxFunc(ctx, e.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+	clean = true
+	err = pgx.BeginTxFunc(ctx, e.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var regRows int64
 		if err := tx.QueryRow(ctx, fmt.Sprintf("SELECT count(*) FROM %s WHERE id = ANY($1)", e.regTable()), ids(spec.tenants)).Scan(&regRows); err != nil {
 			return err
@@ -461,7 +552,14 @@ func (e *env) verifyErased(ctx context.Context, spec *eraseSpec, pl *erasePlan) 
 		}
 		return nil
 	})
-	return line, clean, err
+	if err != nil || e.s.ExportDir == "" {
+		return line, clean, err
+	}
+	exports, ok, err := e.verifyExports(spec.tenants)
+	if err != nil {
+		return line, false, err
+	}
+	return line + ", " + exports, clean && ok, nil
 }
 
 // count says "no <what>" or "<n> <what>s".

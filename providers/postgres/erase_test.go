@@ -1,6 +1,7 @@
 package postgres_test
 
 import (
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -32,7 +33,7 @@ func TestErasePoolInForeignKeyOrder(t *testing.T) {
 	if want := []string{"order_notes", "orders", "customers"}; !slices.Equal(order, want) {
 		t.Errorf("delete order %v, want %v (children first)", order, want)
 	}
-	want := "tenant acme (pool): 0 rows in 3 tenant tables of schema public, no registry row"
+	want := "tenant acme (pool): 0 rows in 3 tenant tables of schema public, no registry row, no export directory " + filepath.Join(e.exports, "acme")
 	if v := output(res, "verification"); v != want || res.GetMessage() != want {
 		t.Errorf("verification %q, message %q; want %q", v, res.GetMessage(), want)
 	}
@@ -94,7 +95,7 @@ func TestEraseBridgeAndSiloLeaveNothing(t *testing.T) {
 			}
 			res := mustApply(t, p, step("erase", "tenant.erase", "acme", map[string]any{"model": model}))
 			catalog := map[string]string{"bridge": "no schema " + e.name("acme") + " (pg_namespace)", "silo": "no database " + e.name("acme") + " (pg_database)"}[model]
-			want := "tenant acme (" + model + "): " + catalog + ", no role " + e.name("acme") + " (pg_roles), no registry row"
+			want := "tenant acme (" + model + "): " + catalog + ", no role " + e.name("acme") + " (pg_roles), no registry row, no export directory " + filepath.Join(e.exports, "acme")
 			if got := output(res, "verification"); got != want {
 				t.Errorf("verification %q, want %q", got, want)
 			}

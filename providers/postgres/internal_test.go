@@ -44,6 +44,10 @@ func TestTenantNames(t *testing.T) {
 		{"tenant_", "-acme", "", false},
 		{"tenant_", "acme_eu", "", false}, // '_' would make names ambiguous
 		{"template", "1", "", false},      // template1
+		{"p", "g-x", "", false},           // pg_x: PostgreSQL's
+		{"p", "gx", "pgx", true},          // not pg_
+		{"information_", "schema", "", false},
+		{"pub", "lic", "", false},
 	}
 	for _, tt := range tests {
 		err := checkTenant(tt.prefix, tt.id)

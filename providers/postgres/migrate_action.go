@@ -54,8 +54,10 @@ func parseMigrate(e *env, step *providerv1.Step) (*migrateSpec, error) {
 }
 
 // migrateTargets returns the step's targets, or the tenants it names that
-// are not registered with its model (with why).
-func (e *env) migrateTargets(ctx context.Context, spec *migrateSpec) ([]target, []string, error) {
+// are not registered with its model (with why). With locked, bridge and
+// silo targets lock down their migration state table before the engine
+// uses them (lockedTarget; for Apply, never for Plan).
+func (e *env) migrateTargets(ctx context.Context, spec *migrateSpec, locked bool) ([]target, []string, error) {
 	if spec.model == Pool {
 		return []target{e.poolTarget()}, nil, nil
 	}
@@ -88,22 +90,26 @@ func (e *env) migrateTargets(ctx context.Context, spec *migrateSpec) ([]target, 
 	}
 	targets := make([]target, len(tenants))
 	for i, t := range tenants {
-		targets[i] = e.modelTarget(spec.model, t)
+		if locked {
+			targets[i] = e.lockedTarget(spec.model, t)
+		} else {
+			targets[i] = e.modelTarget(spec.model, t)
+		}
 	}
 	return targets, nil, nil
 }
 
 func planMigrate(ctx context.Context, e *env, spec *migrateSpec) (changes, error) {
-	targets, missing, err := e.migrateTargets(ctx, spec)
+	targets, missing, err := e.migrateTargets(ctx, spec, false)
 	if err != nil {
 		return nil, err
 	}
 	if len(missing) > 0 {
 		return nil, sdk.FailedPrecondition("%s (provision it first)", listNames(missing))
 	}
-	var tables []tenantTable
+	var ps poolState
 	if spec.model == Pool {
-		if tables, err = e.poolTables(ctx); err != nil {
+		if ps, err = e.poolTables(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -113,7 +119,7 @@ func planMigrate(ctx context.Context, e *env, spec *migrateSpec) (changes, error
 	}
 	cs := migrationChanges(targets, res, spec.migrations, true)
 	if spec.model == Pool {
-		cs = append(cs, e.poolRLSChanges(res.Pending > 0, tables)...)
+		cs = append(cs, e.poolRLSChanges(res.Pending > 0, ps)...)
 	}
 	if spec.setMetered {
 		mc, err := e.planMetered(ctx, spec.model, spec.metered)
@@ -125,20 +131,20 @@ func planMigrate(ctx context.Context, e *env, spec *migrateSpec) (changes, error
 	return cs, nil
 }
 
-// poolTables reads the pool's tenant tables and refuses extra permissive
-// policies.
-func (e *env) poolTables(ctx context.Context) ([]tenantTable, error) {
-	tables, err := tenantTables(ctx, e.pool, e.s.PoolSchema)
+// poolTables reads the pool's isolation and refuses what the provider
+// cannot make safe (checkPool).
+func (e *env) poolTables(ctx context.Context) (poolState, error) {
+	ps, err := e.readPool(ctx)
 	if err != nil {
-		return nil, err
+		return poolState{}, err
 	}
-	return tables, checkPolicies(e.s.PoolSchema, tables)
+	return ps, e.checkPool(ps)
 }
 
 // poolRLSChanges lists the pool's isolation work around a migration run:
 // the tables the migrations may add (when they ran or will run), and each
-// tenant table that existed before.
-func (e *env) poolRLSChanges(migrated bool, before []tenantTable) changes {
+// tenant table and view that existed before.
+func (e *env) poolRLSChanges(migrated bool, before poolState) changes {
 	var cs changes
 	if migrated {
 		res := fmt.Sprintf("postgres/%s/%s/rls", e.db, e.s.PoolSchema)
@@ -148,7 +154,7 @@ func (e *env) poolRLSChanges(migrated bool, before []tenantTable) changes {
 }
 
 func applyMigrate(ctx context.Context, e *env, spec *migrateSpec, progress sdk.ProgressFunc) (*providerv1.ApplyResult, error) {
-	targets, missing, err := e.migrateTargets(ctx, spec)
+	targets, missing, err := e.migrateTargets(ctx, spec, true)
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +162,7 @@ func applyMigrate(ctx context.Context, e *env, spec *migrateSpec, progress sdk.P
 	if len(missing) > 0 {
 		return failed(fmt.Sprintf("%s; nothing was migrated (provision it first)", listNames(missing)), nil, nil), nil
 	}
-	var before []tenantTable
+	var before poolState
 	if spec.model == Pool {
 		if before, err = e.poolTables(ctx); err != nil {
 			return nil, err
@@ -169,8 +175,35 @@ func applyMigrate(ctx context.Context, e *env, spec *migrateSpec, progress sdk.P
 	rep := &progressReporter{progress: progress, interval: progressInterval, resource: func(n string) string { return byName[n] }}
 	sdk.Report(progress, "", fmt.Sprintf("migrating %d %s targets to version %d, %d at a time", len(targets), spec.model, version, spec.concurrency))
 	res, runErr := e.runEngine(ctx, targets, spec.migrations, spec.concurrency, false, rep.event)
-	if runErr != nil && ctx.Err() != nil {
+	// Pool: whatever the outcome, a migration that committed may have added
+	// a tenant table; isolate it now.
+	var rlsErr error
+	if spec.model == Pool {
+		rlsErr = e.isolateAfterRun(ctx)
+	}
+	if ctx.Err() != nil && (runErr != nil || rlsErr != nil) {
 		return nil, ctx.Err()
+	}
+	// Bridge and silo: every target the engine reached had its state table
+	// locked down first (lockedTarget); do the targets a halted run did not
+	// reach too.
+	var lockErr error
+	if spec.model != Pool {
+		var rest []tenantRef
+		for _, tr := range res.Targets {
+			if tr.State == migrate.StateNotStarted {
+				rest = append(rest, tenantRef{id: tr.Target, name: tenantName(e.s.NamePrefix, tr.Target)})
+			}
+		}
+		lockErr = e.forEach(ctx, len(rest), func(ctx context.Context, i int) error {
+			if err := e.lockDownTenantState(ctx, spec.model, rest[i]); err != nil {
+				return fmt.Errorf("tenant %s: restrict the migration state table: %w", rest[i].id, err)
+			}
+			return nil
+		})
+		if lockErr != nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 	}
 	cs := migrationChanges(targets, res, spec.migrations, false)
 	outputs := map[string]any{
@@ -179,34 +212,26 @@ func applyMigrate(ctx context.Context, e *env, spec *migrateSpec, progress sdk.P
 	}
 	counts := fmt.Sprintf("%d targets: %d migrated, %d already current, %d failed, %d not started",
 		len(targets), res.Migrated, res.Current, res.Failed, res.NotStarted)
-	// The engine created the state table where a target had none: leave the
-	// tenant role only SELECT on it.
-	if spec.model != Pool {
-		for i, tr := range res.Targets {
-			if tr.From != 0 || tr.State == migrate.StateNotStarted || tr.State == migrate.StateCurrent {
-				continue
-			}
-			t := tenantRef{id: tr.Target, name: tenantName(e.s.NamePrefix, tr.Target)}
-			if err := e.lockDownTenantState(ctx, spec.model, t); err != nil && runErr == nil {
-				runErr = fmt.Errorf("%s: restrict the migration state table: %w", targets[i].resource, err)
-			}
-		}
-	}
 	if runErr != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		msg := fmt.Sprintf("%v; %s; a rerun resumes", runErr, counts)
+		if rlsErr != nil {
+			msg += fmt.Sprintf("; isolating the pool tables afterwards failed too: %v", rlsErr)
+		} else if spec.model == Pool {
+			msg += "; the pool tables are isolated"
 		}
-		return failed(fmt.Sprintf("%v; %s; a rerun resumes", runErr, counts), cs, outputs), nil
+		if lockErr != nil {
+			msg += fmt.Sprintf("; %v", lockErr)
+		}
+		return failed(msg, cs, outputs), nil
 	}
 	if spec.model == Pool {
 		cs = append(cs, e.poolRLSChanges(res.Migrated > 0, before)...)
-		if _, err := e.ensureRLS(ctx); err != nil {
-			msg, err := stepFailure(ctx, fmt.Sprintf("migrated (%s), then isolating the pool tables failed", counts), err)
-			if err != nil {
-				return nil, err
-			}
-			return failed(msg, cs, outputs), nil
+		if rlsErr != nil {
+			return failed(fmt.Sprintf("migrated (%s), then isolating the pool tables failed: %v", counts, rlsErr), cs, outputs), nil
 		}
+	}
+	if lockErr != nil {
+		return failed(fmt.Sprintf("migrated (%s), then %v", counts, lockErr), cs, outputs), nil
 	}
 	if spec.setMetered {
 		mc, err := e.planMetered(ctx, spec.model, spec.metered)

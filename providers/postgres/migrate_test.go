@@ -170,7 +170,7 @@ DROP POLICY attache_tenant_isolation ON order_notes; CREATE POLICY attache_tenan
 	}
 	wantUpdates := []string{
 		"public.customers/rls: force row level security",
-		"public.order_notes/rls: recreate policy attache_tenant_isolation",
+		"public.order_notes/rls: recreate policy attache_tenant_isolation (its USING expression is true, not (tenant_id = NULLIF(current_setting('app.tenant_id'::text, true), ''::text)))",
 		"public.orders/rls: enable row level security",
 	}
 	if strings.Join(updates, "\n") != strings.Join(wantUpdates, "\n") {

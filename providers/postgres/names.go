@@ -31,8 +31,9 @@ const maxTenants = 100000
 var (
 	tenantRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	tableRE  = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
-	// reservedNames are database and role names a tenant must never get.
-	reservedNames = map[string]bool{"postgres": true, "template0": true, "template1": true, "public": true}
+	// reservedNames are schema, database and role names a tenant must never
+	// get (and every name starting with "pg_", see reservedName).
+	reservedNames = map[string]bool{"postgres": true, "template0": true, "template1": true, "public": true, "information_schema": true}
 )
 
 // tenantName is the PostgreSQL name (schema, role, database) of tenant id:
@@ -49,11 +50,21 @@ func checkTenant(prefix, id string) error {
 	}
 	if n := tenantName(prefix, id); len(n) > maxIdentLen {
 		return fmt.Errorf("tenant %q gives the name %q of %d bytes; PostgreSQL names are at most %d (shorten the id or name_prefix)", id, n, len(n), maxIdentLen)
-	} else if reservedNames[n] {
-		return fmt.Errorf("tenant %q gives the reserved name %q", id, n)
+	} else if reservedName(n) {
+		return fmt.Errorf("tenant %q gives the reserved name %q (names starting with pg_, and %s, belong to PostgreSQL): choose another id or name_prefix", id, n, reservedList)
 	}
 	return nil
 }
+
+// reservedName reports whether a schema, role or database may not be named
+// n: PostgreSQL's own names (pg_*, information_schema, public, the
+// template and maintenance databases).
+func reservedName(n string) bool {
+	return strings.HasPrefix(n, "pg_") || reservedNames[n]
+}
+
+// reservedList names reservedNames for messages.
+const reservedList = "information_schema, public, postgres, template0, template1"
 
 // ident quotes one identifier.
 func ident(name string) string { return pgx.Identifier{name}.Sanitize() }

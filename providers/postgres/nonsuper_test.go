@@ -52,7 +52,8 @@ func TestPoolAsTableOwner(t *testing.T) {
 			deletes++
 		}
 	}
-	if deletes != 4 || output(res, "verification") != "tenant acme (pool): 0 rows in 3 tenant tables of schema public, no registry row" {
+	// 3 tables, the registry row and the export made above.
+	if deletes != 5 || output(res, "verification") != "tenant acme (pool): 0 rows in 3 tenant tables of schema public, no registry row, no export directory "+filepath.Join(e.exports, "acme") {
 		t.Errorf("erase: %d deletes, verification %q", deletes, output(res, "verification"))
 	}
 	if got := poolRowsOf(t, admin, "acme"); got != "customers=0 orders=0 notes=0 totals=" {

@@ -105,9 +105,12 @@ func (p *Provider) Configure(ctx context.Context, req *providerv1.ConfigureReque
 	if err != nil {
 		return invalidConfig(err)
 	}
-	dsn, source, err := s.readDSN()
+	dsn, source, warning, err := s.readDSN()
 	if err != nil {
 		return invalidConfig(err)
+	}
+	if warning != "" {
+		p.log.Warn("config.dsn_file: "+warning, "tenant", req.GetTenant().GetTenant())
 	}
 	pc, secrets, err := s.poolConfig(dsn, source)
 	if err != nil {
@@ -181,6 +184,7 @@ func (e *env) ensureReady(ctx context.Context) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, e.s.connectTimeout+e.s.statementTimeout)
 	defer cancel()
+	var publicCreate publicCreateChange
 	err := pgx.BeginFunc(cctx, e.pool, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(cctx, `SELECT current_database(), current_setting('server_version_num')::int,
 			(SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user)`).Scan(&e.db, &e.version, &e.bypass); err != nil {
@@ -202,13 +206,60 @@ CREATE TABLE IF NOT EXISTS %[1]s.metered_tables (
 	table_name text NOT NULL,
 	PRIMARY KEY (model, table_name)
 );`, reg))
+		if err != nil {
+			return err
+		}
+		if e.s.PoolSchema == "public" {
+			publicCreate, err = revokePublicCreate(cctx, tx)
+		}
 		return err
 	})
 	if err != nil {
 		return e.unavailable("connect to PostgreSQL and prepare the registry", err)
 	}
+	switch publicCreate {
+	case publicCreateRevoked:
+		e.log.Info("revoked CREATE ON SCHEMA public FROM PUBLIC: pool_schema is public, and every role could create objects in it (the default before PostgreSQL 15)", "database", e.db)
+	case publicCreateKept:
+		e.log.Warn("every role may create objects in schema public, which is pool_schema, and the provider's user could not revoke it (it does not own the schema): run REVOKE CREATE ON SCHEMA public FROM PUBLIC as its owner", "database", e.db)
+	}
 	e.ready = true
 	return nil
+}
+
+// publicCreateChange is what revokePublicCreate did.
+type publicCreateChange int
+
+const (
+	publicCreateNone    publicCreateChange = iota // PUBLIC had no CREATE on schema public
+	publicCreateRevoked                           // it had; revoked
+	publicCreateKept                              // it had, and the revoke did not take (not the owner)
+)
+
+// publicCreateSQL tells whether PUBLIC may create objects in schema public.
+const publicCreateSQL = `SELECT EXISTS (SELECT 1 FROM pg_namespace n, aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+WHERE n.nspname = 'public' AND a.grantee = 0 AND a.privilege_type = 'CREATE')`
+
+// revokePublicCreate takes CREATE on schema public away from PUBLIC, where
+// PostgreSQL 14 and older grant it by default: in the pool schema any role
+// (a tenant role included) could otherwise create tables, views or
+// functions next to the tenants' data.
+func revokePublicCreate(ctx context.Context, tx pgx.Tx) (publicCreateChange, error) {
+	var has bool
+	if err := tx.QueryRow(ctx, publicCreateSQL).Scan(&has); err != nil || !has {
+		return publicCreateNone, err
+	}
+	// A user that does not own the schema gets a warning, not an error.
+	if _, err := tx.Exec(ctx, "REVOKE CREATE ON SCHEMA public FROM PUBLIC"); err != nil {
+		return publicCreateNone, fmt.Errorf("revoke CREATE on schema public from PUBLIC: %w", err)
+	}
+	if err := tx.QueryRow(ctx, publicCreateSQL).Scan(&has); err != nil {
+		return publicCreateNone, err
+	}
+	if has {
+		return publicCreateKept, nil
+	}
+	return publicCreateRevoked, nil
 }
 
 // unavailable wraps a connection or server error as Unavailable (or the

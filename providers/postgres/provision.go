@@ -154,18 +154,18 @@ func (e *env) planPoolProvision(ctx context.Context, spec *provisionSpec, reg ma
 			pl.poolPending = res.Pending > 0
 		}
 	}
-	tables, err := tenantTables(ctx, e.pool, e.s.PoolSchema)
+	ps, err := e.readPool(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := checkPolicies(e.s.PoolSchema, tables); err != nil {
+	if err := e.checkPool(ps); err != nil {
 		return nil, err
 	}
 	if pl.poolPending {
 		res := fmt.Sprintf("postgres/%s/%s/rls", e.db, e.s.PoolSchema)
 		pl.cs.add(res, res, opUpdate, "after the migrations, isolate every table of %s with a tenant_id column (row level security, policy %s, index on (tenant_id, id))", e.s.PoolSchema, policyName)
 	}
-	pl.cs = append(pl.cs, e.planRLS(tables)...)
+	pl.cs = append(pl.cs, e.planRLS(ps)...)
 	for _, t := range spec.tenants {
 		_, ok := reg[t.id]
 		pl.tenants = append(pl.tenants, &tenantPlan{t: t, registered: ok, member: true})
@@ -190,9 +190,23 @@ func (e *env) planTenantProvision(ctx context.Context, spec *provisionSpec, reg 
 		return nil, err
 	}
 	ns := names(spec.tenants)
-	roles, err := roleStates(ctx, e.pool, ns)
+	roles, err := roleStates(ctx, e.pool, ns, e.s.AppRole)
 	if err != nil {
 		return nil, err
+	}
+	var refused []string
+	for _, t := range spec.tenants {
+		if st := roles[t.name]; st.exists {
+			if why := st.refusal(t, e.s.AppRole); why != "" {
+				refused = append(refused, why)
+			}
+		}
+	}
+	if n := len(refused); n > 5 {
+		refused = append(refused[:5], fmt.Sprintf("and %d more tenants", n-5))
+	}
+	if len(refused) > 0 {
+		return nil, sdk.FailedPrecondition("%s", strings.Join(refused, "; "))
 	}
 	var containers, grants map[string]bool
 	if spec.model == Bridge {
@@ -212,7 +226,7 @@ func (e *env) planTenantProvision(ctx context.Context, spec *provisionSpec, reg 
 	}
 	isMember := map[string]bool{}
 	if e.s.AppRole != "" {
-		if isMember, err = members(ctx, e.pool, e.s.AppRole, ns); err != nil {
+		if isMember, err = members(ctx, e.pool, e.s.AppRole, ns, e.version); err != nil {
 			return nil, err
 		}
 	}
@@ -300,9 +314,9 @@ func (e *env) addSetupChanges(cs *changes, spec *provisionSpec, tp *tenantPlan) 
 	} else {
 		cs.add(kind, res, opCreate, "create %s %s", what, name)
 	}
-	grantsWhat := fmt.Sprintf("role %s alone may use schema %s: USAGE, SELECT/INSERT/UPDATE/DELETE on its tables, USAGE/SELECT on its sequences (now and by default); nothing for PUBLIC", name, name)
+	grantsWhat := fmt.Sprintf("role %s alone may use schema %s: USAGE, SELECT/INSERT/UPDATE/DELETE on its tables, USAGE/SELECT on its sequences (now and by default), only SELECT on the migration state table %s; nothing for PUBLIC", name, name, stateTable)
 	if spec.model == Silo {
-		grantsWhat = fmt.Sprintf("role %s alone may connect to database %s (CONNECT, TEMPORARY; nothing for PUBLIC) and use its schema public: USAGE, SELECT/INSERT/UPDATE/DELETE on tables, USAGE/SELECT on sequences (now and by default)", name, name)
+		grantsWhat = fmt.Sprintf("role %s alone may connect to database %s (CONNECT, TEMPORARY; nothing for PUBLIC) and use its schema public: USAGE, SELECT/INSERT/UPDATE/DELETE on tables, USAGE/SELECT on sequences (now and by default), only SELECT on the migration state table %s", name, name, stateTable)
 	}
 	switch {
 	case tp.grants:
@@ -434,13 +448,26 @@ func (e *env) applyPoolProvision(ctx context.Context, spec *provisionSpec, pl *p
 		rep := &progressReporter{progress: progress, interval: progressInterval, resource: func(string) string { return pl.poolTarget.resource }}
 		res, err := e.runEngine(ctx, []target{*pl.poolTarget}, spec.migrations, 1, false, rep.event)
 		if err != nil {
+			// The migrations that did commit may have created tenant
+			// tables: isolate them before reporting the failure.
+			rlsErr := e.isolateAfterRun(ctx)
 			if ctx.Err() != nil {
 				return "", ctx.Err()
 			}
-			return fmt.Sprintf("pool migrations failed, no tenant was registered: %v (pool at version %d)", err, res.Targets[0].To), nil
+			var version int64
+			if len(res.Targets) > 0 {
+				version = res.Targets[0].To
+			}
+			msg := fmt.Sprintf("pool migrations failed, no tenant was registered: %v (pool at version %d)", err, version)
+			if rlsErr != nil {
+				msg += fmt.Sprintf("; isolating the pool tables afterwards failed too: %v", rlsErr)
+			} else {
+				msg += "; the pool tables are isolated"
+			}
+			return msg, nil
 		}
 	}
-	if _, err := e.ensureRLS(ctx); err != nil {
+	if _, err := e.ensureRLS(ctx, true); err != nil {
 		return stepFailure(ctx, "isolate the pool tables (no tenant was registered)", err)
 	}
 	sdk.Report(progress, e.regKind(), fmt.Sprintf("registering %d pool tenant(s)", len(spec.tenants)))
@@ -486,7 +513,9 @@ func (e *env) applyTenantProvision(ctx context.Context, spec *provisionSpec, pl 
 	var migrating []*tenantPlan
 	for _, tp := range pl.tenants {
 		if tp.migrate {
-			targets = append(targets, tp.target)
+			// The state table is created and locked down on the engine's
+			// connection before it migrates (setup did so for new tenants).
+			targets = append(targets, e.lockedTarget(spec.model, tp.t))
 			migrating = append(migrating, tp)
 		}
 	}
@@ -506,12 +535,6 @@ func (e *env) applyTenantProvision(ctx context.Context, spec *provisionSpec, pl 
 			tp := migrating[i]
 			if tr.State != migrate.StateMigrated && tr.State != migrate.StateCurrent {
 				ok[tp.t.id] = false
-			}
-			if tr.State != migrate.StateNotStarted {
-				if err := e.lockDownTenantState(ctx, spec.model, tp.t); err != nil && engineErr == nil {
-					engineErr = fmt.Errorf("tenant %s: restrict the migration state table: %w", tp.t.id, err)
-					ok[tp.t.id] = false
-				}
 			}
 		}
 	}
@@ -595,8 +618,8 @@ func (e *env) setupTenant(ctx context.Context, spec *provisionSpec, tp *tenantPl
 				if _, err := tx.Exec(ctx, grantSchemaSQL(name, name)); err != nil {
 					return fmt.Errorf("rights on schema %s: %w", name, err)
 				}
-				if err := lockDownState(ctx, tx, name, name); err != nil {
-					return fmt.Errorf("rights on schema %s: %w", name, err)
+				if _, err := tx.Exec(ctx, e.stateLockdownSQL(name, name, tp.target.t.LockKey)); err != nil {
+					return fmt.Errorf("migration state table of schema %s: %w", name, err)
 				}
 			}
 			return nil
@@ -626,20 +649,14 @@ func (e *env) setupTenant(ctx context.Context, spec *provisionSpec, tp *tenantPl
 				if _, err := tx.Exec(ctx, grantSchemaSQL("public", name)); err != nil {
 					return fmt.Errorf("rights on schema public of database %s: %w", name, err)
 				}
-				return lockDownState(ctx, tx, "public", name)
+				if _, err := tx.Exec(ctx, e.stateLockdownSQL("public", name, tp.target.t.LockKey)); err != nil {
+					return fmt.Errorf("migration state table of database %s: %w", name, err)
+				}
+				return nil
 			})
 		})
 	}
 	return nil
-}
-
-// lockDownTenantState leaves a tenant role only SELECT on the migration
-// state table the engine may just have created in its schema.
-func (e *env) lockDownTenantState(ctx context.Context, model Model, t tenantRef) error {
-	if model == Bridge {
-		return lockDownState(ctx, e.pool, t.name, t.name)
-	}
-	return e.withDB(ctx, t.name, func(conn *pgx.Conn) error { return lockDownState(ctx, conn, "public", t.name) })
 }
 
 // grantToApp grants the roles to app_role, non-inheriting where the server
@@ -661,6 +678,18 @@ func (e *env) grantToApp(ctx context.Context, roles []string) error {
 		if _, err := e.pool.Exec(ctx, fmt.Sprintf("GRANT %s TO %s%s", strings.Join(quoted, ", "), ident(e.s.AppRole), with)); err != nil {
 			return err
 		}
+	}
+	if e.version < 160000 {
+		return nil
+	}
+	// Granting again changes only the provider's own grant: one made by
+	// another grantor that lets app_role inherit the tenant's rights stays.
+	bad, err := inheritingGrants(ctx, e.pool, e.s.AppRole, roles)
+	if err != nil {
+		return err
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("app_role %s inherits the rights of %s: revoke those grants (REVOKE <role> FROM %s GRANTED BY <grantor>); the provider grants tenant roles WITH INHERIT FALSE", e.s.AppRole, listNames(bad), e.s.AppRole)
 	}
 	return nil
 }

@@ -53,6 +53,20 @@ func doBlock(body string) string {
 // table is the state table of schema, qualified and quoted.
 func table(schema string) string { return ident(schema) + "." + StateTable }
 
+// StateTableDDL is the statement that creates the state table in schema if
+// it is missing, with the definition the engine uses. A caller that creates
+// it ahead of the engine (to set its rights before any migration runs) must
+// hold the target's lock, pg_advisory_xact_lock(Target.LockKey), in the same
+// transaction, as the engine does, so that the two never race.
+func StateTableDDL(schema string) string {
+	return "CREATE TABLE IF NOT EXISTS " + table(schema) + " (" +
+		"version bigint PRIMARY KEY, " +
+		"name text NOT NULL, " +
+		"checksum text NOT NULL, " +
+		"applied_at timestamptz NOT NULL DEFAULT pg_catalog.now(), " +
+		"duration_ms bigint NOT NULL)"
+}
+
 // lockPrefix takes the target's advisory lock with no statement or lock
 // timeout (waiting for another runner that holds it for a long migration is
 // the point; the caller's context bounds the wait), then sets the
@@ -72,12 +86,7 @@ func inspectSQL(t *Target, o *Options) string {
 	tbl := table(t.Schema)
 	return lockPrefix(t, o) +
 		doBlock("IF pg_catalog.to_regclass("+quoteLiteral(tbl)+") IS NULL THEN "+
-			"CREATE TABLE IF NOT EXISTS "+tbl+" ("+
-			"version bigint PRIMARY KEY, "+
-			"name text NOT NULL, "+
-			"checksum text NOT NULL, "+
-			"applied_at timestamptz NOT NULL DEFAULT now(), "+
-			"duration_ms bigint NOT NULL); END IF;") + ";\n" +
+			StateTableDDL(t.Schema)+"; END IF;") + ";\n" +
 		"SELECT version, name, checksum FROM " + tbl + " ORDER BY version"
 }
 
