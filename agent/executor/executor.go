@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,11 +43,10 @@ const (
 	MaxOutputValueBytes = 2 << 10
 )
 
-// OutputVerification is the output key by which a provider states the
-// result of a check that proves a step's effect (e.g. "0 rows of tenant acme
-// remain"); the executor records it in the agent's audit log and the
-// control plane in its audit trail.
-const OutputVerification = "verification"
+// OutputVerification is the output a provider proves a step's effect with
+// (plan.OutputVerification); the executor records it in the agent's audit
+// log.
+const OutputVerification = plan.OutputVerification
 
 // DefaultProgressInterval is Config.ProgressInterval's default.
 const DefaultProgressInterval = 250 * time.Millisecond
@@ -655,16 +653,7 @@ func convertOutputs(o *structpb.Struct) map[string]string {
 	if len(fields) == 0 {
 		return nil
 	}
-	keys := make([]string, 0, len(fields))
-	for k := range fields {
-		if k != OutputVerification {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	if _, ok := fields[OutputVerification]; ok {
-		keys = append([]string{OutputVerification}, keys...)
-	}
+	keys := plan.OutputKeys(fields)
 	out := make(map[string]string, min(len(keys), MaxOutputs))
 	for _, k := range keys[:min(len(keys), MaxOutputs)] {
 		var v string

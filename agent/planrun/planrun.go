@@ -584,8 +584,8 @@ func fitStatus(st *agentv1.PlanStatus) {
 		return
 	}
 	for _, s := range st.Steps {
-		if v, ok := s.Outputs["verification"]; ok {
-			s.Outputs = map[string]string{"verification": truncate(v, fittedMessage)}
+		if v, ok := s.Outputs[plan.OutputVerification]; ok {
+			s.Outputs = map[string]string{plan.OutputVerification: truncate(v, fittedMessage)}
 		} else {
 			s.Outputs = nil
 		}

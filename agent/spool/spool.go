@@ -757,7 +757,7 @@ func (v *validator) check(r *Record) error {
 		v.tenant = r.Tenant
 	}
 	if r.Meter != v.meter || v.meter == "" {
-		if !validMeter(r.Meter) {
+		if !ValidMeter(r.Meter) {
 			return fmt.Errorf("%w: meter %.120q does not match ^[a-z][a-z0-9_.]{0,99}$", ErrInvalid, r.Meter)
 		}
 		v.meter = r.Meter
@@ -773,8 +773,8 @@ func (v *validator) check(r *Record) error {
 	return nil
 }
 
-// validMeter reports whether m matches ^[a-z][a-z0-9_.]{0,99}$.
-func validMeter(m string) bool {
+// ValidMeter reports whether m matches ^[a-z][a-z0-9_.]{0,99}$.
+func ValidMeter(m string) bool {
 	if len(m) == 0 || len(m) > MaxMeterLen || m[0] < 'a' || m[0] > 'z' {
 		return false
 	}

@@ -300,8 +300,8 @@ func TestValidMeterMatchesPattern(t *testing.T) {
 		cases = append(cases, "a"+string(rune(c)), string([]byte{byte(c)}))
 	}
 	for _, m := range cases {
-		if got, want := validMeter(m), re.MatchString(m); got != want {
-			t.Errorf("validMeter(%q) = %v, pattern says %v", m, got, want)
+		if got, want := ValidMeter(m), re.MatchString(m); got != want {
+			t.Errorf("ValidMeter(%q) = %v, pattern says %v", m, got, want)
 		}
 	}
 }

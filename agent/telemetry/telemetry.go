@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -160,9 +159,6 @@ func (c *Collector) Run(ctx context.Context) error {
 	}
 }
 
-// meterRE is the spool's (and the control plane's) meter pattern.
-var meterRE = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,99}$`)
-
 // Collect runs one round: health and usage from every provider, usage
 // spooled (with whatever waited for room), the session signalled.
 func (c *Collector) Collect(ctx context.Context) {
@@ -228,7 +224,7 @@ func (c *Collector) Collect(ctx context.Context) {
 			}
 			meter := prefix + s.GetMeter()
 			v := s.GetValue()
-			if !meterRE.MatchString(meter) || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			if !spool.ValidMeter(meter) || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
 				invalid++
 				continue
 			}
@@ -298,17 +294,30 @@ func (c *Collector) Collect(ctx context.Context) {
 // providers' from the last round, the app metrics scrape's (with
 // AppMetrics), and the usage pipeline's.
 func (c *Collector) Health() []*agentv1.ComponentHealth {
-	var out []*agentv1.ComponentHealth
-	if c.cfg.Self != nil {
-		out = append(out, c.cfg.Self()...)
-	}
+	self := c.self()
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.components(self)
+}
+
+// self is the agent's own components, if Config.Self is set.
+func (c *Collector) self() []*agentv1.ComponentHealth {
+	if c.cfg.Self == nil {
+		return nil
+	}
+	return c.cfg.Self()
+}
+
+// components is self, the providers' components from the last round, the
+// app metrics scrape's and the usage pipeline's, sorted by name; c.mu must
+// be held.
+func (c *Collector) components(self []*agentv1.ComponentHealth) []*agentv1.ComponentHealth {
+	out := append([]*agentv1.ComponentHealth(nil), self...)
 	out = append(out, c.providers...)
 	if c.appComp != nil {
 		out = append(out, c.appComp)
 	}
 	out = append(out, c.usageComponent())
-	c.mu.Unlock()
 	sort.SliceStable(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
 	return out
 }
@@ -345,16 +354,7 @@ func (c *Collector) usageComponent() *agentv1.ComponentHealth {
 // spool drops the oldest snapshots first when it is short of room). c.mu
 // must be held.
 func (c *Collector) spoolHealth(now time.Time) {
-	var comps []*agentv1.ComponentHealth
-	if c.cfg.Self != nil {
-		comps = append(comps, c.cfg.Self()...)
-	}
-	comps = append(comps, c.providers...)
-	if c.appComp != nil {
-		comps = append(comps, c.appComp)
-	}
-	comps = append(comps, c.usageComponent())
-	sort.SliceStable(comps, func(i, j int) bool { return comps[i].GetName() < comps[j].GetName() })
+	comps := c.components(c.self())
 	var sig strings.Builder
 	snap := spool.Health{At: now, Components: make([]spool.Component, 0, len(comps))}
 	for _, hc := range comps[:min(len(comps), spool.MaxComponents)] {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -18,6 +17,7 @@ import (
 
 	"attache.dev/attache/controlplane/store"
 	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/internal/plan"
 	agentv1 "attache.dev/attache/protocol/gen/attache/agent/v1"
 )
 
@@ -166,7 +166,7 @@ func (s *Service) planStatus(ctx context.Context, stream agentv1.AgentService_Se
 		// belongs in the trail compliance reviewers read.
 		n := 0
 		for _, st := range ps.GetSteps() {
-			if v, ok := st.GetOutputs()["verification"]; ok && n < maxAuditVerifications {
+			if v, ok := st.GetOutputs()[plan.OutputVerification]; ok && n < maxAuditVerifications {
 				detail["verification."+truncate(st.GetStepId(), maxAuditStepID)] = truncate(v, maxAuditVerification)
 				n++
 			}
@@ -253,16 +253,7 @@ func boundOutputs(o map[string]string) map[string]string {
 	if len(o) == 0 {
 		return nil
 	}
-	keys := make([]string, 0, len(o))
-	for k := range o {
-		if k != "verification" {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	if _, ok := o["verification"]; ok {
-		keys = append([]string{"verification"}, keys...)
-	}
+	keys := plan.OutputKeys(o)
 	out := make(map[string]string, min(len(keys), maxStepOutputs))
 	for _, k := range keys[:min(len(keys), maxStepOutputs)] {
 		out[truncate(k, maxOutputKeyBytes)] = truncate(o[k], maxOutputValueByte)

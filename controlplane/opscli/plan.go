@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -548,16 +547,7 @@ func (g *globals) printSteps(p apiclient.Plan, wide bool) error {
 func (g *globals) printOutputs(p apiclient.Plan) error {
 	var rows [][]string
 	for _, s := range p.Steps {
-		keys := make([]string, 0, len(s.Outputs))
-		for k := range s.Outputs {
-			if k != "verification" {
-				keys = append(keys, k)
-			}
-		}
-		sort.Strings(keys)
-		if _, ok := s.Outputs["verification"]; ok {
-			keys = append([]string{"verification"}, keys...)
-		}
+		keys := plan.OutputKeys(s.Outputs)
 		for _, k := range keys {
 			rows = append(rows, []string{s.ID, cell(k), cell(s.Outputs[k])})
 		}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -502,5 +503,15 @@ func TestParseYAMLRefusesSecondDocument(t *testing.T) {
 		if _, err := ParseYAML([]byte(in)); err == nil || !strings.Contains(err.Error(), "more than one document") {
 			t.Errorf("ParseYAML(%q) = %v, want a refusal of the second document", in, err)
 		}
+	}
+}
+
+func TestOutputKeys(t *testing.T) {
+	got := OutputKeys(map[string]int{"rows": 1, "verification": 2, "a": 3})
+	if want := []string{"verification", "a", "rows"}; !slices.Equal(got, want) {
+		t.Fatalf("OutputKeys = %q, want %q", got, want)
+	}
+	if got := OutputKeys(map[string]string{"b": "", "a": ""}); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("without a verification: %q", got)
 	}
 }
