@@ -855,10 +855,14 @@ func (x *Heartbeat) GetComponents() []*ComponentHealth {
 
 // ComponentHealth is the health of one part of the agent or its providers.
 type ComponentHealth struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Status        HealthStatus           `protobuf:"varint,2,opt,name=status,proto3,enum=attache.agent.v1.HealthStatus" json:"status,omitempty"`
-	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Status  HealthStatus           `protobuf:"varint,2,opt,name=status,proto3,enum=attache.agent.v1.HealthStatus" json:"status,omitempty"`
+	Message string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// Drift: live state differs from what the last applied plan put in place.
+	Drift bool `protobuf:"varint,4,opt,name=drift,proto3" json:"drift,omitempty"`
+	// What drifted, for humans (at most 1 KiB).
+	DriftDetail   string `protobuf:"bytes,5,opt,name=drift_detail,json=driftDetail,proto3" json:"drift_detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -910,6 +914,20 @@ func (x *ComponentHealth) GetStatus() HealthStatus {
 func (x *ComponentHealth) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *ComponentHealth) GetDrift() bool {
+	if x != nil {
+		return x.Drift
+	}
+	return false
+}
+
+func (x *ComponentHealth) GetDriftDetail() string {
+	if x != nil {
+		return x.DriftDetail
 	}
 	return ""
 }
@@ -1640,11 +1658,13 @@ const file_attache_agent_v1_agent_proto_rawDesc = "" +
 	"\asent_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06sentAt\x12A\n" +
 	"\n" +
 	"components\x18\x02 \x03(\v2!.attache.agent.v1.ComponentHealthR\n" +
-	"components\"w\n" +
+	"components\"\xb0\x01\n" +
 	"\x0fComponentHealth\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x126\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x1e.attache.agent.v1.HealthStatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xee\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x14\n" +
+	"\x05drift\x18\x04 \x01(\bR\x05drift\x12!\n" +
+	"\fdrift_detail\x18\x05 \x01(\tR\vdriftDetail\"\xee\x01\n" +
 	"\n" +
 	"PlanStatus\x12\x17\n" +
 	"\aplan_id\x18\x01 \x01(\tR\x06planId\x12\x16\n" +

@@ -1236,7 +1236,13 @@ type ComponentHealth struct {
 	// Why, for humans.
 	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	// Tenant the component belongs to, if any.
-	Tenant        string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Tenant string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Drift: what the last applied plan put in place differs from what is
+	// live (changed by hand or by another controller). Drift does not by
+	// itself make a component unhealthy.
+	Drift bool `protobuf:"varint,5,opt,name=drift,proto3" json:"drift,omitempty"`
+	// What drifted, for humans (bounded by the agent).
+	DriftDetail   string `protobuf:"bytes,6,opt,name=drift_detail,json=driftDetail,proto3" json:"drift_detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1295,6 +1301,20 @@ func (x *ComponentHealth) GetMessage() string {
 func (x *ComponentHealth) GetTenant() string {
 	if x != nil {
 		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ComponentHealth) GetDrift() bool {
+	if x != nil {
+		return x.Drift
+	}
+	return false
+}
+
+func (x *ComponentHealth) GetDriftDetail() string {
+	if x != nil {
+		return x.DriftDetail
 	}
 	return ""
 }
@@ -1530,12 +1550,14 @@ const file_attache_provider_v1_provider_proto_rawDesc = "" +
 	"\x0eHealthResponse\x12D\n" +
 	"\n" +
 	"components\x18\x01 \x03(\v2$.attache.provider.v1.ComponentHealthR\n" +
-	"components\"\x95\x01\n" +
+	"components\"\xce\x01\n" +
 	"\x0fComponentHealth\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12<\n" +
 	"\x06status\x18\x02 \x01(\x0e2$.attache.provider.v1.ComponentStatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x16\n" +
-	"\x06tenant\x18\x04 \x01(\tR\x06tenant\"(\n" +
+	"\x06tenant\x18\x04 \x01(\tR\x06tenant\x12\x14\n" +
+	"\x05drift\x18\x05 \x01(\bR\x05drift\x12!\n" +
+	"\fdrift_detail\x18\x06 \x01(\tR\vdriftDetail\"(\n" +
 	"\fUsageRequest\x12\x18\n" +
 	"\atenants\x18\x01 \x03(\tR\atenants\"K\n" +
 	"\rUsageResponse\x12:\n" +
