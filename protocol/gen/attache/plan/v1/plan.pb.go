@@ -66,9 +66,18 @@ type Plan struct {
 	Steps []*Step `protobuf:"bytes,8,rep,name=steps,proto3" json:"steps,omitempty"`
 	// When true the agent only asks each provider for its diff and changes
 	// nothing.
-	DryRun        bool `protobuf:"varint,9,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DryRun bool `protobuf:"varint,9,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// The signed release this plan was rendered from: a DSSE envelope signed
+	// by the trust root's `releases` role (the vendor's release key, which the
+	// control plane does not hold). Empty for an ad hoc plan. When set, the
+	// agent renders release_context against the release itself and accepts
+	// the plan only if its steps are exactly that rendering, so a control
+	// plane can choose who gets a release and when, never what runs.
+	ReleaseEnvelope []byte `protobuf:"bytes,10,opt,name=release_envelope,json=releaseEnvelope,proto3" json:"release_envelope,omitempty"`
+	// What the control plane chose for this tenant; see ReleaseContext.
+	ReleaseContext *ReleaseContext `protobuf:"bytes,11,opt,name=release_context,json=releaseContext,proto3" json:"release_context,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Plan) Reset() {
@@ -164,6 +173,96 @@ func (x *Plan) GetDryRun() bool {
 	return false
 }
 
+func (x *Plan) GetReleaseEnvelope() []byte {
+	if x != nil {
+		return x.ReleaseEnvelope
+	}
+	return nil
+}
+
+func (x *Plan) GetReleaseContext() *ReleaseContext {
+	if x != nil {
+		return x.ReleaseContext
+	}
+	return nil
+}
+
+// ReleaseContext is the per-tenant input to rendering a release into steps.
+// It carries data only: no image, manifest or migration can be named here.
+type ReleaseContext struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tenant the steps act for (the tenant served; for an agent that serves
+	// only its own tenant, the plan's tenant).
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Tier of the tenant: pool, bridge, silo or byoc.
+	Tier string `protobuf:"bytes,2,opt,name=tier,proto3" json:"tier,omitempty"`
+	// Feature flags of the tenant, over the release's defaults.
+	Flags map[string]string `protobuf:"bytes,3,rep,name=flags,proto3" json:"flags,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// A rollback to this (earlier) release: steps marked on_rollback: skip
+	// (typically migrations) are left out.
+	Rollback      bool `protobuf:"varint,4,opt,name=rollback,proto3" json:"rollback,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseContext) Reset() {
+	*x = ReleaseContext{}
+	mi := &file_attache_plan_v1_plan_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseContext) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseContext) ProtoMessage() {}
+
+func (x *ReleaseContext) ProtoReflect() protoreflect.Message {
+	mi := &file_attache_plan_v1_plan_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseContext.ProtoReflect.Descriptor instead.
+func (*ReleaseContext) Descriptor() ([]byte, []int) {
+	return file_attache_plan_v1_plan_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReleaseContext) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ReleaseContext) GetTier() string {
+	if x != nil {
+		return x.Tier
+	}
+	return ""
+}
+
+func (x *ReleaseContext) GetFlags() map[string]string {
+	if x != nil {
+		return x.Flags
+	}
+	return nil
+}
+
+func (x *ReleaseContext) GetRollback() bool {
+	if x != nil {
+		return x.Rollback
+	}
+	return false
+}
+
 // Step is one idempotent action of one provider on one resource.
 type Step struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -190,7 +289,7 @@ type Step struct {
 
 func (x *Step) Reset() {
 	*x = Step{}
-	mi := &file_attache_plan_v1_plan_proto_msgTypes[1]
+	mi := &file_attache_plan_v1_plan_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +301,7 @@ func (x *Step) String() string {
 func (*Step) ProtoMessage() {}
 
 func (x *Step) ProtoReflect() protoreflect.Message {
-	mi := &file_attache_plan_v1_plan_proto_msgTypes[1]
+	mi := &file_attache_plan_v1_plan_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +314,7 @@ func (x *Step) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Step.ProtoReflect.Descriptor instead.
 func (*Step) Descriptor() ([]byte, []int) {
-	return file_attache_plan_v1_plan_proto_rawDescGZIP(), []int{1}
+	return file_attache_plan_v1_plan_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Step) GetId() string {
@@ -281,7 +380,7 @@ type Compensation struct {
 
 func (x *Compensation) Reset() {
 	*x = Compensation{}
-	mi := &file_attache_plan_v1_plan_proto_msgTypes[2]
+	mi := &file_attache_plan_v1_plan_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -293,7 +392,7 @@ func (x *Compensation) String() string {
 func (*Compensation) ProtoMessage() {}
 
 func (x *Compensation) ProtoReflect() protoreflect.Message {
-	mi := &file_attache_plan_v1_plan_proto_msgTypes[2]
+	mi := &file_attache_plan_v1_plan_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -306,7 +405,7 @@ func (x *Compensation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Compensation.ProtoReflect.Descriptor instead.
 func (*Compensation) Descriptor() ([]byte, []int) {
-	return file_attache_plan_v1_plan_proto_rawDescGZIP(), []int{2}
+	return file_attache_plan_v1_plan_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Compensation) GetAction() string {
@@ -327,7 +426,7 @@ var File_attache_plan_v1_plan_proto protoreflect.FileDescriptor
 
 const file_attache_plan_v1_plan_proto_rawDesc = "" +
 	"\n" +
-	"\x1aattache/plan/v1/plan.proto\x12\x0fattache.plan.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\x02\n" +
+	"\x1aattache/plan/v1/plan.proto\x12\x0fattache.plan.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x03\n" +
 	"\x04Plan\x12\x17\n" +
 	"\aplan_id\x18\x01 \x01(\tR\x06planId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12&\n" +
@@ -339,7 +438,19 @@ const file_attache_plan_v1_plan_proto_rawDesc = "" +
 	"\vrelease_ref\x18\a \x01(\tR\n" +
 	"releaseRef\x12+\n" +
 	"\x05steps\x18\b \x03(\v2\x15.attache.plan.v1.StepR\x05steps\x12\x17\n" +
-	"\adry_run\x18\t \x01(\bR\x06dryRun\"\xf9\x01\n" +
+	"\adry_run\x18\t \x01(\bR\x06dryRun\x12)\n" +
+	"\x10release_envelope\x18\n" +
+	" \x01(\fR\x0freleaseEnvelope\x12H\n" +
+	"\x0frelease_context\x18\v \x01(\v2\x1f.attache.plan.v1.ReleaseContextR\x0ereleaseContext\"\xd4\x01\n" +
+	"\x0eReleaseContext\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04tier\x18\x02 \x01(\tR\x04tier\x12@\n" +
+	"\x05flags\x18\x03 \x03(\v2*.attache.plan.v1.ReleaseContext.FlagsEntryR\x05flags\x12\x1a\n" +
+	"\brollback\x18\x04 \x01(\bR\brollback\x1a8\n" +
+	"\n" +
+	"FlagsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf9\x01\n" +
 	"\x04Step\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x16\n" +
@@ -365,26 +476,30 @@ func file_attache_plan_v1_plan_proto_rawDescGZIP() []byte {
 	return file_attache_plan_v1_plan_proto_rawDescData
 }
 
-var file_attache_plan_v1_plan_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_attache_plan_v1_plan_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_attache_plan_v1_plan_proto_goTypes = []any{
 	(*Plan)(nil),                  // 0: attache.plan.v1.Plan
-	(*Step)(nil),                  // 1: attache.plan.v1.Step
-	(*Compensation)(nil),          // 2: attache.plan.v1.Compensation
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),       // 4: google.protobuf.Struct
+	(*ReleaseContext)(nil),        // 1: attache.plan.v1.ReleaseContext
+	(*Step)(nil),                  // 2: attache.plan.v1.Step
+	(*Compensation)(nil),          // 3: attache.plan.v1.Compensation
+	nil,                           // 4: attache.plan.v1.ReleaseContext.FlagsEntry
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),       // 6: google.protobuf.Struct
 }
 var file_attache_plan_v1_plan_proto_depIdxs = []int32{
-	3, // 0: attache.plan.v1.Plan.issued_at:type_name -> google.protobuf.Timestamp
-	3, // 1: attache.plan.v1.Plan.expires_at:type_name -> google.protobuf.Timestamp
-	1, // 2: attache.plan.v1.Plan.steps:type_name -> attache.plan.v1.Step
-	4, // 3: attache.plan.v1.Step.params:type_name -> google.protobuf.Struct
-	2, // 4: attache.plan.v1.Step.compensation:type_name -> attache.plan.v1.Compensation
-	4, // 5: attache.plan.v1.Compensation.params:type_name -> google.protobuf.Struct
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5, // 0: attache.plan.v1.Plan.issued_at:type_name -> google.protobuf.Timestamp
+	5, // 1: attache.plan.v1.Plan.expires_at:type_name -> google.protobuf.Timestamp
+	2, // 2: attache.plan.v1.Plan.steps:type_name -> attache.plan.v1.Step
+	1, // 3: attache.plan.v1.Plan.release_context:type_name -> attache.plan.v1.ReleaseContext
+	4, // 4: attache.plan.v1.ReleaseContext.flags:type_name -> attache.plan.v1.ReleaseContext.FlagsEntry
+	6, // 5: attache.plan.v1.Step.params:type_name -> google.protobuf.Struct
+	3, // 6: attache.plan.v1.Step.compensation:type_name -> attache.plan.v1.Compensation
+	6, // 7: attache.plan.v1.Compensation.params:type_name -> google.protobuf.Struct
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_attache_plan_v1_plan_proto_init() }
@@ -398,7 +513,7 @@ func file_attache_plan_v1_plan_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_attache_plan_v1_plan_proto_rawDesc), len(file_attache_plan_v1_plan_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
