@@ -97,54 +97,60 @@ func scanPlan(sc interface{ Scan(...any) error }) (Plan, error) {
 func (s *sqlStore) CreatePlan(ctx context.Context, k AgentKey, build func(seq uint64) (Plan, error), audit auditlog.Entry) (Plan, error) {
 	var out Plan
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		var (
-			last    int64
-			revoked *time.Time
-		)
-		err := tx.QueryRowContext(ctx, s.q(`SELECT plan_seq, revoked_at FROM agents WHERE tenant = ? AND id = ?`+s.d.forUpdate),
-			k.Tenant, k.ID).Scan(&last, nullTimeCol{&revoked})
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("agent %s/%s: %w", k.Tenant, k.ID, ErrNotFound)
-		}
-		if err != nil {
-			return fmt.Errorf("store: create plan: read agent %s/%s: %w", k.Tenant, k.ID, err)
-		}
-		if revoked != nil {
-			return fmt.Errorf("agent %s/%s: %w", k.Tenant, k.ID, ErrRevoked)
-		}
-		seq := uint64(last) + 1
-		p, err := build(seq)
-		if err != nil {
-			return err
-		}
-		if p.Tenant != k.Tenant || p.AgentID != k.ID || p.Sequence != seq {
-			return fmt.Errorf("store: create plan: built plan is for %s/%s #%d, want %s/%s #%d", p.Tenant, p.AgentID, p.Sequence, k.Tenant, k.ID, seq)
-		}
-		now := s.timeNow()
-		if p.CreatedAt.IsZero() {
-			p.CreatedAt = now
-		}
-		p.UpdatedAt, p.State = p.CreatedAt, PlanPending
-		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO plans (`+planCols+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT DO NOTHING`),
-			p.ID, p.Tenant, p.AgentID, int64(p.Sequence), p.Release, p.DryRun, p.Envelope, string(p.State), p.Message, blob(p.Steps),
-			p.CreatedBy, s.d.ts(p.CreatedAt), s.d.ts(p.ExpiresAt), s.d.ts(p.UpdatedAt))
-		if err != nil {
-			return fmt.Errorf("store: create plan %q: %w", p.ID, err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("plan %q: %w", p.ID, ErrAlreadyExists)
-		}
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE agents SET plan_seq = ? WHERE tenant = ? AND id = ?`), int64(seq), k.Tenant, k.ID); err != nil {
-			return fmt.Errorf("store: create plan: advance sequence: %w", err)
-		}
-		if _, err := s.appendAudit(ctx, tx, audit); err != nil {
-			return err
-		}
-		out, err = scanPlan(tx.QueryRowContext(ctx, s.q(`SELECT `+planCols+` FROM plans WHERE id = ?`), p.ID))
+		p, err := s.createPlanTx(ctx, tx, k, build, audit)
+		out = p
 		return err
 	})
 	return out, err
+}
+
+// createPlanTx is CreatePlan inside tx.
+func (s *sqlStore) createPlanTx(ctx context.Context, tx *sql.Tx, k AgentKey, build func(seq uint64) (Plan, error), audit auditlog.Entry) (Plan, error) {
+	var (
+		last    int64
+		revoked *time.Time
+	)
+	err := tx.QueryRowContext(ctx, s.q(`SELECT plan_seq, revoked_at FROM agents WHERE tenant = ? AND id = ?`+s.d.forUpdate),
+		k.Tenant, k.ID).Scan(&last, nullTimeCol{&revoked})
+	if errors.Is(err, sql.ErrNoRows) {
+		return Plan{}, fmt.Errorf("agent %s/%s: %w", k.Tenant, k.ID, ErrNotFound)
+	}
+	if err != nil {
+		return Plan{}, fmt.Errorf("store: create plan: read agent %s/%s: %w", k.Tenant, k.ID, err)
+	}
+	if revoked != nil {
+		return Plan{}, fmt.Errorf("agent %s/%s: %w", k.Tenant, k.ID, ErrRevoked)
+	}
+	seq := uint64(last) + 1
+	p, err := build(seq)
+	if err != nil {
+		return Plan{}, err
+	}
+	if p.Tenant != k.Tenant || p.AgentID != k.ID || p.Sequence != seq {
+		return Plan{}, fmt.Errorf("store: create plan: built plan is for %s/%s #%d, want %s/%s #%d", p.Tenant, p.AgentID, p.Sequence, k.Tenant, k.ID, seq)
+	}
+	now := s.timeNow()
+	if p.CreatedAt.IsZero() {
+		p.CreatedAt = now
+	}
+	p.UpdatedAt, p.State = p.CreatedAt, PlanPending
+	res, err := tx.ExecContext(ctx, s.q(`INSERT INTO plans (`+planCols+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL) ON CONFLICT DO NOTHING`),
+		p.ID, p.Tenant, p.AgentID, int64(p.Sequence), p.Release, p.DryRun, p.Envelope, string(p.State), p.Message, blob(p.Steps),
+		p.CreatedBy, s.d.ts(p.CreatedAt), s.d.ts(p.ExpiresAt), s.d.ts(p.UpdatedAt))
+	if err != nil {
+		return Plan{}, fmt.Errorf("store: create plan %q: %w", p.ID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Plan{}, fmt.Errorf("plan %q: %w", p.ID, ErrAlreadyExists)
+	}
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE agents SET plan_seq = ? WHERE tenant = ? AND id = ?`), int64(seq), k.Tenant, k.ID); err != nil {
+		return Plan{}, fmt.Errorf("store: create plan: advance sequence: %w", err)
+	}
+	if _, err := s.appendAudit(ctx, tx, audit); err != nil {
+		return Plan{}, err
+	}
+	return scanPlan(tx.QueryRowContext(ctx, s.q(`SELECT `+planCols+` FROM plans WHERE id = ?`), p.ID))
 }
 
 // GetPlan returns a plan by ID.

@@ -114,10 +114,17 @@ func (s *sqlStore) CreateTenant(ctx context.Context, t Tenant, audit auditlog.En
 	if t.CreatedAt.IsZero() {
 		t.CreatedAt = s.timeNow()
 	}
+	if t.Tier == "" {
+		t.Tier = "pool"
+	}
+	wj, fj, err := tenantJSON(t)
+	if err != nil {
+		return err
+	}
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO tenants (name, display_name, labels, created_at)
-			VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`),
-			t.Name, t.DisplayName, string(lj), s.d.ts(t.CreatedAt))
+		res, err := tx.ExecContext(ctx, s.q(`INSERT INTO tenants (`+tenantCols+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`),
+			t.Name, t.DisplayName, string(lj), s.d.ts(t.CreatedAt), t.Tier, t.Cell, wj, t.Pin, t.Release, fj)
 		if err != nil {
 			return fmt.Errorf("store: create tenant %q: %w", t.Name, err)
 		}
@@ -129,23 +136,100 @@ func (s *sqlStore) CreateTenant(ctx context.Context, t Tenant, audit auditlog.En
 	})
 }
 
-const tenantCols = `name, display_name, labels, created_at`
+const tenantCols = `name, display_name, labels, created_at, tier, cell, windows, pin, release, flags`
+
+// tenantJSON encodes a tenant's windows and flags columns.
+func tenantJSON(t Tenant) (windows, flags string, err error) {
+	ws := t.Windows
+	if ws == nil {
+		ws = []Window{}
+	}
+	fs := t.Flags
+	if fs == nil {
+		fs = map[string]string{}
+	}
+	wj, err := json.Marshal(ws)
+	if err != nil {
+		return "", "", fmt.Errorf("tenant %q: windows: %w", t.Name, err)
+	}
+	fj, err := json.Marshal(fs)
+	if err != nil {
+		return "", "", fmt.Errorf("tenant %q: flags: %w", t.Name, err)
+	}
+	return string(wj), string(fj), nil
+}
 
 func scanTenant(sc interface{ Scan(...any) error }) (Tenant, error) {
 	var (
-		t      Tenant
-		labels string
+		t                      Tenant
+		labels, windows, flags string
 	)
-	if err := sc.Scan(&t.Name, &t.DisplayName, &labels, timeCol{&t.CreatedAt}); err != nil {
+	if err := sc.Scan(&t.Name, &t.DisplayName, &labels, timeCol{&t.CreatedAt}, &t.Tier, &t.Cell, &windows, &t.Pin, &t.Release, &flags); err != nil {
 		return Tenant{}, err
 	}
 	if err := json.Unmarshal([]byte(labels), &t.Labels); err != nil {
 		return Tenant{}, fmt.Errorf("store: tenant %q: labels: %w", t.Name, err)
 	}
+	if err := json.Unmarshal([]byte(windows), &t.Windows); err != nil {
+		return Tenant{}, fmt.Errorf("store: tenant %q: windows: %w", t.Name, err)
+	}
+	if err := json.Unmarshal([]byte(flags), &t.Flags); err != nil {
+		return Tenant{}, fmt.Errorf("store: tenant %q: flags: %w", t.Name, err)
+	}
 	if len(t.Labels) == 0 {
 		t.Labels = nil
 	}
+	if len(t.Windows) == 0 {
+		t.Windows = nil
+	}
+	if len(t.Flags) == 0 {
+		t.Flags = nil
+	}
 	return t, nil
+}
+
+func (s *sqlStore) UpdateTenant(ctx context.Context, name string, fn func(*Tenant) error, audit *auditlog.Entry) (Tenant, error) {
+	var out Tenant
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		t, err := scanTenant(tx.QueryRowContext(ctx, s.q(`SELECT `+tenantCols+` FROM tenants WHERE name = ?`+s.d.forUpdate), name))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("tenant %q: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("store: update tenant %q: %w", name, err)
+		}
+		if err := fn(&t); err != nil {
+			return err
+		}
+		t.Name = name
+		if t.Tier == "" {
+			t.Tier = "pool"
+		}
+		labels := t.Labels
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		lj, err := json.Marshal(labels)
+		if err != nil {
+			return fmt.Errorf("tenant %q: labels: %w", name, err)
+		}
+		wj, fj, err := tenantJSON(t)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`UPDATE tenants SET display_name = ?, labels = ?, tier = ?, cell = ?, windows = ?, pin = ?,
+			release = ?, flags = ? WHERE name = ?`), t.DisplayName, string(lj), t.Tier, t.Cell, wj, t.Pin, t.Release, fj, name); err != nil {
+			return fmt.Errorf("store: update tenant %q: %w", name, err)
+		}
+		if audit != nil {
+			if _, err := s.appendAudit(ctx, tx, *audit); err != nil {
+				return err
+			}
+		}
+		out = t
+		return nil
+	})
+	return out, err
 }
 
 func (s *sqlStore) GetTenant(ctx context.Context, name string) (Tenant, error) {

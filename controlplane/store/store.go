@@ -30,6 +30,13 @@ var (
 	// text names the offending record or component and field. Nothing was
 	// stored.
 	ErrInvalid = errors.New("invalid input")
+	// ErrLeaseLost: another control-plane replica drives the rollout now.
+	ErrLeaseLost = errors.New("rollout lease held by another replica")
+	// ErrConflict: the rollout target is not in the state the change
+	// expects (another replica or an earlier attempt already made it).
+	ErrConflict = errors.New("conflicting change")
+	// ErrFinished: the rollout has finished; it can no longer be changed.
+	ErrFinished = errors.New("rollout finished")
 )
 
 // Role is an API token's role.
@@ -48,6 +55,33 @@ type Tenant struct {
 	DisplayName string
 	Labels      map[string]string
 	CreatedAt   time.Time
+
+	// Tier is the isolation model: pool, bridge, silo or byoc (default pool).
+	Tier string
+	// Cell is the ID of the tenant's agent that serves it; empty means the
+	// tenant's only active agent.
+	Cell string
+	// Windows are the maintenance windows rollouts may act in; none means
+	// any time.
+	Windows []Window
+	// Pin is a release version the tenant is held at; rollouts of any other
+	// version skip it.
+	Pin string
+	// Release is the version last applied successfully (by a rollout).
+	Release string
+	// Flags are the tenant's feature flags, over its release's defaults.
+	Flags map[string]string
+}
+
+// Window is a weekly maintenance window: Start (HH:MM) on each of Days
+// (mon … sun; empty means every day), lasting Duration (a Go duration), in
+// TimeZone (an IANA name; empty means UTC). Parsing and containment are in
+// controlplane/maintenance.
+type Window struct {
+	Days     []string `json:"days,omitempty"`
+	Start    string   `json:"start"`
+	Duration string   `json:"duration"`
+	TimeZone string   `json:"time_zone,omitempty"`
 }
 
 // JoinToken is the stored half of a one-time join token: the secret itself
@@ -139,6 +173,56 @@ type Store interface {
 	CreateTenant(ctx context.Context, t Tenant, audit auditlog.Entry) error
 	GetTenant(ctx context.Context, name string) (Tenant, error)
 	ListTenants(ctx context.Context) ([]Tenant, error)
+	// UpdateTenant reads the tenant, lets fn change it (its Name and
+	// CreatedAt are kept) and writes it back with the audit entry (nil:
+	// none), in one transaction. An error from fn stores nothing.
+	UpdateTenant(ctx context.Context, name string, fn func(*Tenant) error, audit *auditlog.Entry) (Tenant, error)
+
+	// CreateRelease stores a signed release; releases are immutable, so an
+	// existing version is ErrAlreadyExists (whatever its content).
+	CreateRelease(ctx context.Context, r Release, audit auditlog.Entry) error
+	GetRelease(ctx context.Context, version string) (Release, error)
+	// ListReleases lists releases newest first.
+	ListReleases(ctx context.Context) ([]Release, error)
+
+	// GetFreeze returns the fleet-wide freeze, nil when not frozen.
+	GetFreeze(ctx context.Context) (*Freeze, error)
+	// SetFreeze freezes (f non-nil) or unfreezes (nil) the fleet, with the
+	// audit entry.
+	SetFreeze(ctx context.Context, f *Freeze, audit auditlog.Entry) error
+
+	// CreateRollout stores a rollout and its targets with the audit entry.
+	CreateRollout(ctx context.Context, r Rollout, targets []RolloutTarget, audit auditlog.Entry) error
+	GetRollout(ctx context.Context, id string) (Rollout, error)
+	// ListRollouts lists rollouts newest first; active: only unfinished ones.
+	ListRollouts(ctx context.Context, active bool) ([]Rollout, error)
+	// RolloutTargets lists a rollout's targets by wave and position.
+	RolloutTargets(ctx context.Context, id string) ([]RolloutTarget, error)
+	// SetRolloutControl records an operator's pause, resume ("") or abort
+	// with the audit entry; the driving replica acts on it. ErrFinished for
+	// a finished rollout.
+	SetRolloutControl(ctx context.Context, id string, c RolloutControl, audit auditlog.Entry) (Rollout, error)
+	// AcquireRolloutLease makes owner the rollout's driver until now+ttl if
+	// it holds the lease already or the lease is free or expired; it
+	// reports whether owner holds it. Finished rollouts are never leased.
+	AcquireRolloutLease(ctx context.Context, id, owner string, now time.Time, ttl time.Duration) (bool, error)
+	// ReleaseRolloutLease gives the lease up if owner holds it.
+	ReleaseRolloutLease(ctx context.Context, id, owner string) error
+	// UpdateRollout lets fn change the rollout and any of its targets
+	// (fn returns the targets it changed) and stores the result with the
+	// audit entries, in one transaction, only while owner holds the lease
+	// (ErrLeaseLost otherwise). A target's state change to succeeded with
+	// SetRelease sets the tenant's Release in the same transaction.
+	UpdateRollout(ctx context.Context, id, owner string, fn func(r *Rollout, ts []RolloutTarget) ([]RolloutTarget, []auditlog.Entry, error)) (Rollout, error)
+	// DispatchRolloutPlan creates the plan of one target (forward, or its
+	// rollback when rollback is true) exactly once: in one transaction it
+	// checks owner's lease and that the target is still waiting for that
+	// plan (state pending or waiting for forward, rolling_back with no
+	// rollback plan for rollback; ErrConflict otherwise), creates the plan
+	// as CreatePlan does, and records its ID on the target (state
+	// dispatched, or rollback plan ID). A control plane killed at any point
+	// either has both or neither.
+	DispatchRolloutPlan(ctx context.Context, id, tenant, owner string, rollback bool, k AgentKey, build func(seq uint64) (Plan, error), audit auditlog.Entry) (Plan, error)
 
 	CreateJoinToken(ctx context.Context, t JoinToken, audit auditlog.Entry) error
 	// GetJoinToken returns a join token by ID without consuming it (the

@@ -55,6 +55,11 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"RecordHealth", testRecordHealth},
 		{"RecordHealthValidation", testRecordHealthValidation},
 		{"Exports", testExports},
+		{"TenantAttributes", testTenantAttributes},
+		{"Releases", testReleases},
+		{"Freeze", testFreeze},
+		{"Rollouts", testRollouts},
+		{"RolloutLeaseRace", testRolloutLeaseRace},
 		{"AuditTamper", func(t *testing.T, _ store.Store) { testAuditTamper(t, open) }},
 	}
 	for _, tt := range tests {
@@ -190,6 +195,7 @@ func testTenants(t *testing.T, s store.Store) {
 	}
 	want := in
 	want.CreatedAt = micro(t0)
+	want.Tier = "pool" // the default tier
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("GetTenant = %+v, want %+v", got, want)
 	}
