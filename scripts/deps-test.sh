@@ -2,7 +2,7 @@
 # Installs what the tests need on a fresh Debian machine. Idempotent and quiet
 # when everything is already present. Called by `make deps-test`.
 #
-# Today: a PostgreSQL server (controlplane/store/pgtest runs initdb/pg_ctl from
+# A PostgreSQL server (testenv/pgtest runs initdb/pg_ctl from
 # /usr/lib/postgresql/*/bin in a temp dir; no service is used).
 set -euo pipefail
 
@@ -33,3 +33,13 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
 	apt_install "$pkg"
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || { echo "deps-test: $pkg installed but no /usr/lib/postgresql/*/bin/initdb" >&2; exit 1; }
 fi
+
+# --- Kubernetes test cluster ------------------------------------------------------
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, built
+# from the Go module proxy into a versioned cache outside the repo (testenv/kubetest
+# finds them there). Only the first run on a machine pays for the build.
+if ! command -v setpriv >/dev/null; then
+	command -v apt-get >/dev/null || { echo "deps-test: setpriv (util-linux) is missing" >&2; exit 1; }
+	apt_install util-linux
+fi
+"$(dirname "${BASH_SOURCE[0]}")/k8s-binaries.sh" >/dev/null
