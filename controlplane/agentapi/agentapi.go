@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -67,6 +68,9 @@ type Service struct {
 	td       spiffeid.TrustDomain
 	sessions *registry
 	beats    *batcher
+	// frozen mirrors the store's fleet-wide freeze (polled by watch): no
+	// plan is offered while it is set.
+	frozen atomic.Bool
 }
 
 // New returns the service.
@@ -377,6 +381,7 @@ func (s *Service) auditEntry(ctx context.Context, id spiffeid.ID, tenant, action
 // nudging the matching local sessions to offer them.
 func (s *Service) watch(ctx context.Context) {
 	since := s.cfg.Now().Add(-time.Minute)
+	s.pollFreeze(ctx)
 	t := time.NewTicker(s.cfg.RevocationPoll)
 	defer t.Stop()
 	for {
@@ -386,6 +391,7 @@ func (s *Service) watch(ctx context.Context) {
 		case <-t.C:
 		}
 		now := s.cfg.Now()
+		s.pollFreeze(ctx)
 		keys, err := s.cfg.Store.RevokedSince(ctx, since)
 		if err != nil {
 			s.cfg.Logger.Warn("poll revocations", "err", err)
@@ -408,6 +414,25 @@ func (s *Service) watch(ctx context.Context) {
 		// Overlap windows so a revocation or plan committed during a poll
 		// (or stamped by a replica whose clock is a little behind) is seen.
 		since = now.Add(-5 * time.Second)
+	}
+}
+
+// pollFreeze reads the fleet-wide freeze. While it is set no plan is
+// offered; when it is lifted every session on this replica looks for its
+// pending plans at once.
+func (s *Service) pollFreeze(ctx context.Context) {
+	f, err := s.cfg.Store.GetFreeze(ctx)
+	if err != nil {
+		s.cfg.Logger.Warn("poll freeze", "err", err)
+		return
+	}
+	was := s.frozen.Swap(f != nil)
+	switch {
+	case f != nil && !was:
+		s.cfg.Logger.Warn("fleet frozen: no plan is offered until unfrozen", "by", f.By, "reason", f.Reason)
+	case f == nil && was:
+		s.cfg.Logger.Info("fleet unfrozen: offering pending plans")
+		s.sessions.nudgeAll()
 	}
 }
 

@@ -90,6 +90,9 @@ func (o *offerer) sendRoots(s *Service) [][]byte {
 // are not offered past one that could not be: the agent would then refuse
 // the earlier one as a replay. An error is the stream's and ends the session.
 func (s *Service) offerPending(ctx context.Context, stream agentv1.AgentService_SessionServer, o *offerer, log *slog.Logger) (bool, error) {
+	if s.frozen.Load() {
+		return true, nil // the fleet is frozen; pollFreeze nudges when it thaws
+	}
 	plans, err := s.cfg.Store.PendingPlans(ctx, o.key, s.cfg.Now())
 	if err != nil {
 		if ctx.Err() == nil {

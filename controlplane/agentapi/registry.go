@@ -71,3 +71,15 @@ func (r *registry) nudge(k store.AgentKey) bool {
 	}
 	return ok
 }
+
+// nudgeAll nudges every session on this replica.
+func (r *registry) nudgeAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.m {
+		select {
+		case e.nudge <- struct{}{}:
+		default:
+		}
+	}
+}

@@ -32,6 +32,7 @@ import (
 	"attache.dev/attache/controlplane/keys"
 	"attache.dev/attache/controlplane/metrics"
 	"attache.dev/attache/controlplane/plans"
+	"attache.dev/attache/controlplane/rollout"
 	"attache.dev/attache/controlplane/store"
 	"attache.dev/attache/internal/grpcx"
 	"attache.dev/attache/internal/identity"
@@ -54,6 +55,7 @@ type Server struct {
 	store    store.Store
 	ca       *ca.CA
 	keys     *keys.Holder
+	rollouts *rollout.Driver
 	source   *identity.Source
 	agentAPI *agentapi.Service
 	plans    *plans.Service
@@ -129,6 +131,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 		Envelope:          s.plans.Envelope,
 	})
 	s.agentAPI = agentAPI
+	s.rollouts = rollout.New(rollout.Config{
+		Store:  st,
+		Plans:  s.plans,
+		Logger: logger.With("component", "rollout"),
+	})
 	enrollSvc := enroll.New(enroll.Config{
 		Store: st,
 		CA:    authority,
@@ -230,6 +237,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.agentAPI.Run(ctx) })
 	g.Go(func() error { return s.rotateServerSVID(ctx) })
 	g.Go(func() error { return s.keys.Run(ctx) })
+	g.Go(func() error { return s.rollouts.Run(ctx) })
 	if s.billing != nil {
 		g.Go(func() error { return s.billing.Run(ctx) })
 	}
