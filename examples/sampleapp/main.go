@@ -36,6 +36,7 @@ func main() {
 	version := flag.String("version", "v1", "version this instance reports")
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
 	unhealthy := flag.Bool("unhealthy", false, "answer /healthz with 503")
+	failAfter := flag.Duration("fail-after", 0, "answer /healthz with 503 once this long has passed since the start (a bad build that passes its start-up check, for rollout gates)")
 	startDelay := flag.Duration("start-delay", 0, "wait this long before listening (a slow start, for tests that act mid-upgrade)")
 	tenant := flag.String("tenant", os.Getenv("ATTACHE_TENANT"), "tenant label of the metrics on /metrics (default $ATTACHE_TENANT; empty: no tenant label)")
 	flag.Parse()
@@ -46,13 +47,18 @@ func main() {
 	case <-ctx.Done():
 		return
 	}
-	if err := run(ctx, *addr, *version, newHandler(*version, *tenant, *unhealthy)); err != nil {
+	failing := func() bool { return *unhealthy }
+	if *failAfter > 0 {
+		failAt := time.Now().Add(*failAfter)
+		failing = func() bool { return *unhealthy || !time.Now().Before(failAt) }
+	}
+	if err := run(ctx, *addr, *version, newHandler(*version, *tenant, failing)); err != nil {
 		log.Fatal(err)
 	}
 }
 
 // newHandler returns the app: /, /healthz, /status/{code} and /metrics.
-func newHandler(version, tenant string, unhealthy bool) http.Handler {
+func newHandler(version, tenant string, unhealthy func() bool) http.Handler {
 	reg := prometheus.NewRegistry()
 	labels := []string{"code"}
 	curry := prometheus.Labels{}
@@ -75,10 +81,11 @@ func newHandler(version, tenant string, unhealthy bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		if unhealthy {
+		bad := unhealthy()
+		if bad {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
-		_ = json.NewEncoder(w).Encode(map[string]any{"version": version, "healthy": !unhealthy})
+		_ = json.NewEncoder(w).Encode(map[string]any{"version": version, "healthy": !bad})
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.Handle("GET /status/{code}", instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -33,7 +33,7 @@ func get(t *testing.T, url string) (int, string) {
 // on demand, and the request metrics on /metrics (health checks and scrapes
 // not counted).
 func TestHandler(t *testing.T) {
-	srv := httptest.NewServer(newHandler("v7", "acme", false))
+	srv := httptest.NewServer(newHandler("v7", "acme", func() bool { return false }))
 	defer srv.Close()
 	if code, body := get(t, srv.URL+"/"); code != 200 || !strings.HasPrefix(body, "sampleapp v7 ") {
 		t.Errorf("/: %d %q", code, body)
@@ -66,7 +66,7 @@ func TestHandler(t *testing.T) {
 		}
 	}
 
-	sick := httptest.NewServer(newHandler("v8", "", true))
+	sick := httptest.NewServer(newHandler("v8", "", func() bool { return true }))
 	defer sick.Close()
 	if code, _ := get(t, sick.URL+"/healthz"); code != 503 {
 		t.Errorf("unhealthy /healthz: %d", code)
@@ -81,7 +81,7 @@ func TestHandler(t *testing.T) {
 // TestScrapedByTheAgent: the agent's collector scrapes the app and reports
 // its requests, errors and p95 latency for the tenant.
 func TestScrapedByTheAgent(t *testing.T) {
-	srv := httptest.NewServer(newHandler("v1", "acme", false))
+	srv := httptest.NewServer(newHandler("v1", "acme", func() bool { return false }))
 	defer srv.Close()
 	sp, err := spool.Open(filepath.Join(t.TempDir(), spool.FileName), spool.Options{})
 	if err != nil {

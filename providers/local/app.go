@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	providerv1 "attache.dev/attache/protocol/gen/attache/provider/v1"
@@ -38,7 +39,8 @@ func init() {
 				{Name: "version", Type: "string", Required: true, Description: "version to run ([A-Za-z0-9._-]+)"},
 				{Name: "command", Type: "array<string>", Required: true, Description: "argv; command[0] is relative to the provider's bin_dir"},
 				{Name: "health_url", Type: "string", Description: "http URL on a loopback host that answers 2xx when the version is healthy (or set port)"},
-				{Name: "port", Type: "number", Description: "shorthand for health_url http://127.0.0.1:<port>/healthz"},
+				{Name: "port", Type: "number", Description: "shorthand for health_url http://127.0.0.1:<port>/healthz; 0 picks a free loopback port per start, substituted for {port} in command"},
+				{Name: "flags", Type: "object<string>", Description: "the tenant's feature flags, written to tenants/<tenant>/config/flags.json (0600) for the app to read"},
 				{Name: "health_timeout", Type: "string", Description: "how long to wait for health, a Go duration (default \"30s\")"},
 			},
 		},
@@ -69,11 +71,22 @@ type appRecord struct {
 type upgradeSpec struct {
 	version   string
 	argv      []string // argv[0] absolute, below bin_dir
-	healthURL string
+	healthURL string   // empty with autoPort until a port is picked
+	autoPort  bool     // port 0: pick a free port at each start
 	timeout   time.Duration
+	flags     map[string]string // nil: leave flags.json alone
 }
 
-var versionRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+var (
+	versionRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+	flagKeyRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,63}$`)
+)
+
+// Flag limits (the control plane enforces the same).
+const (
+	maxFlags     = 64
+	maxFlagValue = 1024
+)
 
 // upgradeParams validates app.upgrade's parameters.
 func upgradeParams(e *env, step *providerv1.Step) (*upgradeSpec, error) {
@@ -82,6 +95,7 @@ func upgradeParams(e *env, step *providerv1.Step) (*upgradeSpec, error) {
 		version: p.String("version", true),
 		argv:    p.Strings("command", true),
 		timeout: p.Duration("health_timeout", false),
+		flags:   p.StringMap("flags", false),
 	}
 	rawURL := p.String("health_url", false)
 	hasPort := p.Has("port")
@@ -94,8 +108,10 @@ func upgradeParams(e *env, step *providerv1.Step) (*upgradeSpec, error) {
 		p.Fail("port", "set health_url or port, not both")
 	case rawURL == "" && !hasPort:
 		p.Fail("health_url", "required (or set port)")
+	case hasPort && port == 0:
+		s.autoPort = true
 	case hasPort && (port < 1 || port > 65535):
-		p.Fail("port", "must be between 1 and 65535, got %d", port)
+		p.Fail("port", "must be 0 (pick one) or between 1 and 65535, got %d", port)
 	case hasPort:
 		s.healthURL = "http://127.0.0.1:" + strconv.FormatInt(port, 10) + "/healthz"
 	default:
@@ -106,6 +122,14 @@ func upgradeParams(e *env, step *providerv1.Step) (*upgradeSpec, error) {
 	}
 	if s.timeout == 0 {
 		s.timeout = 30 * time.Second
+	}
+	if len(s.flags) > maxFlags {
+		p.Fail("flags", "%d flags, limit %d", len(s.flags), maxFlags)
+	}
+	for k, v := range s.flags {
+		if !flagKeyRE.MatchString(k) || len(v) > maxFlagValue {
+			p.FailPath(p.Field("flags")+"."+k, "a flag key is [a-z0-9][a-z0-9_.-]{0,63} and its value at most %d bytes", maxFlagValue)
+		}
 	}
 	if len(s.argv) > 0 {
 		if err := checkRel("params.command[0]", s.argv[0]); err != nil {
@@ -220,6 +244,8 @@ func appChanges(e *env, tenant string, s *upgradeSpec) (cur, next *appRecord, ch
 		changes = append(changes, change(res, providerv1.Operation_OPERATION_CREATE, "start %s", s.version))
 	case cur.Version == s.version && curAlive:
 		changes = append(changes, change(res, providerv1.Operation_OPERATION_NOOP, "%s is running (pid %d)", s.version, cur.Pid))
+	case curAlive && s.autoPort:
+		changes = append(changes, change(res, providerv1.Operation_OPERATION_UPDATE, "upgrade %s → %s", cur.Version, s.version))
 	case cur.Version == s.version:
 		changes = append(changes, change(res, providerv1.Operation_OPERATION_UPDATE, "restart %s (pid %d is gone)", s.version, cur.Pid))
 	case curAlive && cur.HealthURL == s.healthURL:
@@ -237,7 +263,54 @@ func planUpgrade(_ context.Context, e *env, step *providerv1.Step) ([]*providerv
 		return nil, err
 	}
 	_, _, changes, err := appChanges(e, step.GetTenant(), s)
-	return changes, err
+	if err != nil {
+		return nil, err
+	}
+	if c, err := flagsChange(e, step.GetTenant(), s.flags); err != nil {
+		return nil, err
+	} else if c != nil {
+		changes = append([]*providerv1.Change{c}, changes...)
+	}
+	return changes, nil
+}
+
+// flagsPath is where a tenant's flags are written.
+func flagsPath(tenant string) string { return tenantDir(tenant) + "/config/flags.json" }
+
+func encodeFlags(flags map[string]string) []byte {
+	b, _ := json.MarshalIndent(flags, "", "  ") // sorted keys
+	return append(b, '\n')
+}
+
+// flagsChange is the change writing flags would make, nil when flags is nil.
+func flagsChange(e *env, tenant string, flags map[string]string) (*providerv1.Change, error) {
+	if flags == nil {
+		return nil, nil
+	}
+	want := encodeFlags(flags)
+	cur, err := e.root.ReadFile(flagsPath(tenant))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return change(flagsPath(tenant), providerv1.Operation_OPERATION_CREATE, "write %d flags", len(flags)), nil
+	case err != nil:
+		return nil, err
+	case string(cur) == string(want):
+		return change(flagsPath(tenant), providerv1.Operation_OPERATION_NOOP, "%d flags unchanged", len(flags)), nil
+	default:
+		return change(flagsPath(tenant), providerv1.Operation_OPERATION_UPDATE, "update flags (%d)", len(flags)), nil
+	}
+}
+
+// applyFlags writes flags.json when flags changed.
+func applyFlags(e *env, tenant string, flags map[string]string) (*providerv1.Change, error) {
+	c, err := flagsChange(e, tenant, flags)
+	if err != nil || c == nil || c.GetOperation() == providerv1.Operation_OPERATION_NOOP {
+		return c, err
+	}
+	if err := noSymlinks(e.root, "params.flags", flagsPath(tenant)); err != nil {
+		return nil, err
+	}
+	return c, writeFileAtomic(e, fileSpec{field: "params.flags", rel: flagsPath(tenant), content: encodeFlags(flags), mode: 0o600})
 }
 
 func applyUpgrade(ctx context.Context, e *env, step *providerv1.Step, progress sdk.ProgressFunc) (*providerv1.ApplyResult, error) {
@@ -249,6 +322,12 @@ func applyUpgrade(ctx context.Context, e *env, step *providerv1.Step, progress s
 	cur, next, changes, err := appChanges(e, tenant, s)
 	if err != nil {
 		return nil, err
+	}
+	// Flags first: a version that starts reads them.
+	if c, err := applyFlags(e, tenant, s.flags); err != nil {
+		return nil, err
+	} else if c != nil {
+		changes = append([]*providerv1.Change{c}, changes...)
 	}
 	if next != nil {
 		if e.p.alive(next) && (cur == nil || next.Pid != cur.Pid) {
@@ -267,6 +346,16 @@ func applyUpgrade(ctx context.Context, e *env, step *providerv1.Step, progress s
 		}, nil
 	}
 
+	if s.autoPort {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		s.healthURL = "http://127.0.0.1:" + strconv.Itoa(port) + "/healthz"
+		for i, a := range s.argv {
+			s.argv[i] = strings.ReplaceAll(a, "{port}", strconv.Itoa(port))
+		}
+	}
 	sdk.Report(progress, appDir(tenant), "starting "+s.version)
 	if err := e.root.MkdirAll(appDir(tenant), 0o750); err != nil {
 		return nil, err
@@ -316,6 +405,16 @@ func applyUpgrade(ctx context.Context, e *env, step *providerv1.Step, progress s
 		State: providerv1.StepState_STEP_STATE_SUCCEEDED, Message: fmt.Sprintf("%s running (pid %d) and healthy", s.version, np.Pid),
 		Outputs: outputs(np, prev), Changes: changes,
 	}, nil
+}
+
+// freePort picks a free loopback TCP port for an app version to listen on.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("pick a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // failed builds a FAILED result.

@@ -197,8 +197,10 @@ func TestMigrateOutOfOrder(t *testing.T) {
 }
 
 type currentJSON struct {
-	Version string `json:"version"`
-	Pid     int    `json:"pid"`
+	Version   string   `json:"version"`
+	Pid       int      `json:"pid"`
+	HealthURL string   `json:"health_url"`
+	Command   []string `json:"command"`
 }
 
 func readCurrent(t *testing.T, root string) *currentJSON {
@@ -353,4 +355,69 @@ func TestApplyLogRecordsEveryApply(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("apply log mode: %v %v", fi, err)
 	}
+}
+
+// TestUpgradeAutoPortAndFlags: port 0 picks a free port per start ({port}
+// in the command), and flags are written to the tenant's config, changing
+// only flags.json when the version is already running.
+func TestUpgradeAutoPortAndFlags(t *testing.T) {
+	bin := localtest.BuildSampleApp(t)
+	p, root := newLocal(t, bin)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, _ = p.Apply(ctx, localtest.Step("stop", "app.stop", "acme", nil), nil)
+	})
+	step := func(id, version string, flags map[string]any) *providerv1.Step {
+		params := map[string]any{"version": version, "command": []any{"sampleapp", "-version", version, "-addr", "127.0.0.1:{port}"}, "port": 0.0}
+		if flags != nil {
+			params["flags"] = flags
+		}
+		return localtest.Step(id, "app.upgrade", "acme", params)
+	}
+	res := apply(t, p, step("a", "v1", map[string]any{"checkout_v2": "false"}))
+	if res.GetState() != providerv1.StepState_STEP_STATE_SUCCEEDED {
+		t.Fatal(res.GetMessage())
+	}
+	cur := readCurrent(t, root)
+	if cur == nil || !strings.HasPrefix(cur.HealthURL, "http://127.0.0.1:") || strings.Contains(strings.Join(cur.Command, " "), "{port}") {
+		t.Fatalf("current.json: %+v", cur)
+	}
+	flagsFile := filepath.Join(root, "tenants", "acme", "config", "flags.json")
+	b, err := os.ReadFile(flagsFile)
+	if err != nil || !strings.Contains(string(b), `"checkout_v2": "false"`) {
+		t.Fatalf("flags.json: %s, %v", b, err)
+	}
+	if fi, _ := os.Stat(flagsFile); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("flags.json mode %v", fi.Mode().Perm())
+	}
+	// Same version, new flags: flags.json changes, the app keeps running.
+	res = apply(t, p, step("b", "v1", map[string]any{"checkout_v2": "true"}))
+	if res.GetState() != providerv1.StepState_STEP_STATE_SUCCEEDED || readCurrent(t, root).Pid != cur.Pid {
+		t.Fatalf("flag change restarted the app: %s", res.GetMessage())
+	}
+	if b, _ := os.ReadFile(flagsFile); !strings.Contains(string(b), `"checkout_v2": "true"`) {
+		t.Fatalf("flags.json not updated: %s", b)
+	}
+	// Idempotent: the same step again changes nothing.
+	changes, err := p.Plan(t.Context(), step("c", "v1", map[string]any{"checkout_v2": "true"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range changes {
+		if c.GetOperation() != providerv1.Operation_OPERATION_NOOP {
+			t.Fatalf("second apply would change %s: %s", c.GetResource(), c.GetSummary())
+		}
+	}
+	// An upgrade with port 0 gets its own port and switches over.
+	res = apply(t, p, step("d", "v2", nil))
+	if res.GetState() != providerv1.StepState_STEP_STATE_SUCCEEDED {
+		t.Fatal(res.GetMessage())
+	}
+	if next := readCurrent(t, root); next.Version != "v2" || next.HealthURL == cur.HealthURL {
+		t.Fatalf("after upgrade: %+v (was %s)", next, cur.HealthURL)
+	}
+	// Bad flags are refused naming the key.
+	_, err = p.Plan(t.Context(), step("e", "v2", map[string]any{"Bad Key": "x"}))
+	wantCode(t, err, codes.InvalidArgument, "params.flags.Bad Key")
 }

@@ -163,6 +163,30 @@ func (p *Params) Strings(name string, required bool) []string {
 	return out
 }
 
+// StringMap returns the object parameter name whose values are all
+// strings (feature flags, labels).
+func (p *Params) StringMap(name string, required bool) map[string]string {
+	v := p.get(name, required)
+	if v == nil {
+		return nil
+	}
+	st, ok := v.GetKind().(*structpb.Value_StructValue)
+	if !ok {
+		p.Fail(name, "must be an object of strings")
+		return nil
+	}
+	out := make(map[string]string, len(st.StructValue.GetFields()))
+	for k, e := range st.StructValue.GetFields() {
+		s, ok := e.GetKind().(*structpb.Value_StringValue)
+		if !ok {
+			p.FailPath(p.Field(name)+"."+k, "must be a string")
+			continue
+		}
+		out[k] = s.StringValue
+	}
+	return out
+}
+
 // Objects returns the list-of-objects parameter name, each element as a
 // nested Params whose fields are checked like the top level's.
 func (p *Params) Objects(name string, required bool) []*Params {
