@@ -211,17 +211,23 @@ func decodeBatch(seq uint64, b []byte) (Batch, error) {
 	return Batch{Sequence: seq, Records: recs, CreatedAt: time.Unix(0, h.created).UTC()}, nil
 }
 
-// healthJSON is the stored form of a Health snapshot.
+// healthJSON is the stored form of a Health snapshot. Fields are only ever
+// added, with omitempty, so snapshots written before them still decode (the
+// drift fields "d" and "dd" came after the first release).
 type healthJSON struct {
 	At         time.Time       `json:"at"`
 	Components []componentJSON `json:"c,omitempty"`
 }
 
+// componentJSON has Component's fields in Component's order (the two
+// convert into each other).
 type componentJSON struct {
-	Name    string `json:"n"`
-	Status  string `json:"s"`
-	Message string `json:"m,omitempty"`
-	Tenant  string `json:"t,omitempty"`
+	Name        string `json:"n"`
+	Status      string `json:"s"`
+	Message     string `json:"m,omitempty"`
+	Tenant      string `json:"t,omitempty"`
+	Drift       bool   `json:"d,omitempty"`
+	DriftDetail string `json:"dd,omitempty"`
 }
 
 func encodeHealth(h Health) ([]byte, error) {

@@ -52,6 +52,7 @@ const (
 	MaxComponentNameLen = 256
 	MaxStatusLen        = 64
 	MaxMessageLen       = 4096
+	MaxDriftDetailLen   = 1024
 	// MaxMeterLen is the longest meter name (the pattern ^[a-z][a-z0-9_.]{0,99}$).
 	MaxMeterLen = 100
 )
@@ -111,9 +112,12 @@ type Health struct {
 }
 
 // Component is the health of one component; Tenant is set when the
-// component serves one tenant.
+// component serves one tenant. Drift is set when what the last applied plan
+// put in place differs from what is live; DriftDetail says what, for humans.
 type Component struct {
 	Name, Status, Message, Tenant string
+	Drift                         bool
+	DriftDetail                   string
 }
 
 // Stats describes what the spool holds.
@@ -586,8 +590,9 @@ func (s *Spool) Ack(seq uint64) error {
 // exceed MaxBytes and beyond MaxHealthSnapshots. A snapshot that cannot fit
 // even with every other one dropped is refused with ErrFull. Validation
 // (ErrInvalid): a non-zero At; at most MaxComponents components, each with
-// a name and a status, the message at most MaxMessageLen bytes, all valid
-// UTF-8, and the tenant empty or a DNS label.
+// a name and a status, the message at most MaxMessageLen bytes and the
+// drift detail at most MaxDriftDetailLen, all valid UTF-8, and the tenant
+// empty or a DNS label.
 func (s *Spool) AddHealth(h Health) error {
 	if err := checkHealth(h); err != nil {
 		return fmt.Errorf("add health: %w", err)
@@ -806,6 +811,7 @@ func checkHealth(h Health) error {
 			{"name", c.Name, true, MaxComponentNameLen},
 			{"status", c.Status, true, MaxStatusLen},
 			{"message", c.Message, false, MaxMessageLen},
+			{"drift detail", c.DriftDetail, false, MaxDriftDetailLen},
 		} {
 			switch {
 			case f.required && f.value == "":

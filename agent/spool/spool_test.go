@@ -310,9 +310,39 @@ func health(i int) Health {
 	return Health{
 		At: t0.Add(time.Duration(i) * time.Minute),
 		Components: []Component{
-			{Name: "provider/local", Status: "healthy"},
+			{Name: "provider/local", Status: "healthy", Drift: true, DriftDetail: fmt.Sprintf("replicas: plan 3, live %d", i)},
 			{Name: "app", Status: "degraded", Message: fmt.Sprintf("snapshot %d: p95 high — ünïcode", i), Tenant: "acme"},
 		},
+	}
+}
+
+// TestHealthFormat: snapshots stored before the drift fields existed still
+// decode (without drift), and a component without drift is stored as
+// before, so an older agent reads it too.
+func TestHealthFormat(t *testing.T) {
+	old := `{"at":"2025-03-04T05:06:07Z","c":[{"n":"provider/local","s":"healthy"},{"n":"app","s":"degraded","m":"slow","t":"acme"}]}`
+	got, err := decodeHealth([]byte(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Health{At: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC), Components: []Component{
+		{Name: "provider/local", Status: "healthy"}, {Name: "app", Status: "degraded", Message: "slow", Tenant: "acme"},
+	}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("decoded %+v, want %+v", got, want)
+	}
+	b, err := encodeHealth(want)
+	if err != nil || string(b) != old {
+		t.Fatalf("encoded %s (%v), want %s", b, err, old)
+	}
+
+	want.Components[0].Drift, want.Components[0].DriftDetail = true, "image: plan v1, live v2"
+	b, err = encodeHealth(want)
+	if err != nil || !strings.Contains(string(b), `"d":true,"dd":"image: plan v1, live v2"`) {
+		t.Fatalf("encoded %s (%v)", b, err)
+	}
+	if got, err := decodeHealth(b); err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("round trip: %+v (%v), want %+v", got, err, want)
 	}
 }
 
@@ -389,6 +419,8 @@ func TestHealthValidation(t *testing.T) {
 		{"long message", "message is 4097 bytes", func(h *Health) { h.Components[1].Message = strings.Repeat("x", 4097) }},
 		{"long name", "name is 257 bytes", func(h *Health) { h.Components[1].Name = strings.Repeat("x", 257) }},
 		{"bad UTF-8", "message is not valid UTF-8", func(h *Health) { h.Components[1].Message = "\xff" }},
+		{"long drift detail", "drift detail is 1025 bytes", func(h *Health) { h.Components[0].DriftDetail = strings.Repeat("x", 1025) }},
+		{"drift detail not UTF-8", "drift detail is not valid UTF-8", func(h *Health) { h.Components[0].DriftDetail = "\xff" }},
 		{"bad tenant", "tenant", func(h *Health) { h.Components[1].Tenant = "Acme" }},
 		{"too many components", "1001 components", func(h *Health) { h.Components = make([]Component, 1001) }},
 	} {

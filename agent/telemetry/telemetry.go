@@ -59,6 +59,10 @@ const (
 	// MaxComponentsPerProvider bounds the health components taken from one
 	// provider per round.
 	MaxComponentsPerProvider = 200
+	// MaxDriftDetail is the most bytes of a component's drift detail the
+	// agent sends (agentv1.ComponentHealth.drift_detail: at most 1 KiB); a
+	// longer one is cut on a UTF-8 boundary.
+	MaxDriftDetail = 1024
 )
 
 // Providers hands out the agent's providers; *catalog.Catalog satisfies it.
@@ -106,7 +110,7 @@ type Collector struct {
 	lastErr   string                     // last spool error other than full
 	appComp   *agentv1.ComponentHealth   // the last scrape's, with AppMetrics
 	rounds    uint64
-	lastSig   string // component names and statuses of the last spooled health snapshot
+	lastSig   string // component names, statuses and drift of the last spooled health snapshot
 }
 
 // New returns a collector; Run starts it.
@@ -202,7 +206,7 @@ func (c *Collector) Collect(ctx context.Context) {
 				if t := hc.GetTenant(); t != "" && t != c.cfg.Tenant {
 					cname += "@" + t
 				}
-				comps = append(comps, component(cname, providerStatus(hc.GetStatus()), hc.GetMessage()))
+				comps = append(comps, providerComponent(cname, hc))
 			}
 		}
 		cctx, cancel = context.WithTimeout(ctx, c.cfg.CallTimeout)
@@ -349,19 +353,25 @@ func (c *Collector) usageComponent() *agentv1.ComponentHealth {
 }
 
 // spoolHealth writes a health snapshot to the spool when a component's
-// status changed since the last one (so the control plane's health history
-// gets the change at the time it happened, even across a disconnect; the
-// spool drops the oldest snapshots first when it is short of room). c.mu
-// must be held.
+// status or drift changed since the last one (so the control plane's health
+// history gets the change at the time it happened, even across a
+// disconnect; the spool drops the oldest snapshots first when it is short of
+// room). A changed message or drift detail alone is not a change. c.mu must
+// be held.
 func (c *Collector) spoolHealth(now time.Time) {
 	comps := c.components(c.self())
 	var sig strings.Builder
 	snap := spool.Health{At: now, Components: make([]spool.Component, 0, len(comps))}
 	for _, hc := range comps[:min(len(comps), spool.MaxComponents)] {
-		sig.WriteString(hc.GetName() + "=" + hc.GetStatus().String() + "\n")
+		sig.WriteString(hc.GetName() + "=" + hc.GetStatus().String())
+		if hc.GetDrift() {
+			sig.WriteString(" drift")
+		}
+		sig.WriteByte('\n')
 		snap.Components = append(snap.Components, spool.Component{
 			Name: truncate(hc.GetName(), spool.MaxComponentNameLen), Status: hc.GetStatus().String(),
 			Message: truncate(hc.GetMessage(), spool.MaxMessageLen),
+			Drift:   hc.GetDrift(), DriftDetail: truncate(hc.GetDriftDetail(), spool.MaxDriftDetailLen),
 		})
 	}
 	if sig.String() == c.lastSig {
@@ -389,6 +399,7 @@ func (c *Collector) HealthHistory(limit int) ([]*agentv1.Heartbeat, error) {
 		for _, cp := range h.Components {
 			hb.Components = append(hb.Components, &agentv1.ComponentHealth{
 				Name: cp.Name, Status: agentv1.HealthStatus(agentv1.HealthStatus_value[cp.Status]), Message: cp.Message,
+				Drift: cp.Drift, DriftDetail: cp.DriftDetail,
 			})
 		}
 		out = append(out, hb)
@@ -432,6 +443,16 @@ func (c *Collector) Acked(seq uint64) error { return c.cfg.Spool.Ack(seq) }
 
 func component(name string, st agentv1.HealthStatus, msg string) *agentv1.ComponentHealth {
 	return &agentv1.ComponentHealth{Name: name, Status: st, Message: msg}
+}
+
+// providerComponent converts a provider's component for the heartbeat. The
+// drift detail is kept only with drift: it says what drifted.
+func providerComponent(name string, hc *providerv1.ComponentHealth) *agentv1.ComponentHealth {
+	c := component(name, providerStatus(hc.GetStatus()), hc.GetMessage())
+	if hc.GetDrift() {
+		c.Drift, c.DriftDetail = true, truncate(hc.GetDriftDetail(), MaxDriftDetail)
+	}
+	return c
 }
 
 func providerStatus(s providerv1.ComponentStatus) agentv1.HealthStatus {

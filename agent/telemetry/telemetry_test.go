@@ -3,7 +3,6 @@ package telemetry
 import (
 	"context"
 	"errors"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	"io"
 	"log/slog"
 	"math"
@@ -12,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"attache.dev/attache/agent/spool"
 	agentv1 "attache.dev/attache/protocol/gen/attache/agent/v1"
@@ -256,5 +258,69 @@ func TestHealthHistory(t *testing.T) {
 	hs, _ = c.HealthHistory(10)
 	if len(hs) != 1 || find(hs[0].GetComponents(), "provider/my-db/db").GetStatus() != agentv1.HealthStatus_HEALTH_STATUS_HEALTHY {
 		t.Fatalf("history after the status changed: %v", hs)
+	}
+}
+
+// TestDrift: a provider's drift reaches the heartbeat and the spooled
+// history, its detail cut to MaxDriftDetail on a UTF-8 boundary; drift
+// appearing or clearing is a change that is spooled, a new detail alone is
+// not.
+func TestDrift(t *testing.T) {
+	c, m, _ := setup(t, spool.Options{}, 0)
+	setHealth := func(hc ...*providerv1.ComponentHealth) {
+		m.mu.Lock()
+		m.health = hc
+		m.mu.Unlock()
+	}
+	healthy := providerv1.ComponentStatus_COMPONENT_STATUS_HEALTHY
+	c.Collect(t.Context())
+	if hs, _ := c.HealthHistory(10); len(hs) != 1 || find(hs[0].GetComponents(), "provider/my-db/db").GetDrift() {
+		t.Fatalf("first snapshot: %v", hs)
+	}
+
+	long := strings.Repeat("é", MaxDriftDetail) // 2 bytes each
+	setHealth(&providerv1.ComponentHealth{Name: "db", Status: healthy, Message: "ok", Drift: true, DriftDetail: long},
+		&providerv1.ComponentHealth{Name: "cache", Status: healthy, DriftDetail: "ignored without drift"})
+	c.Collect(t.Context())
+	check := func(where string, cs []*agentv1.ComponentHealth) {
+		t.Helper()
+		db := find(cs, "provider/my-db/db")
+		if db == nil || !db.GetDrift() || db.GetStatus() != agentv1.HealthStatus_HEALTH_STATUS_HEALTHY || db.GetMessage() != "ok" {
+			t.Fatalf("%s: db component %v", where, db)
+		}
+		if d := db.GetDriftDetail(); len(d) > MaxDriftDetail || len(d) < MaxDriftDetail-1 || !utf8.ValidString(d) || !strings.HasPrefix(long, d) {
+			t.Fatalf("%s: drift detail of %d bytes (valid UTF-8: %v), want %s cut to %d bytes", where, len(d), utf8.ValidString(d), "é…", MaxDriftDetail)
+		}
+		if cache := find(cs, "provider/my-db/cache"); cache == nil || cache.GetDrift() || cache.GetDriftDetail() != "" {
+			t.Fatalf("%s: cache component %v", where, cache)
+		}
+	}
+	check("heartbeat", c.Health())
+	hs, err := c.HealthHistory(10)
+	if err != nil || len(hs) != 1 {
+		t.Fatalf("history after drift appeared: %v, %v", hs, err)
+	}
+	check("spooled history", hs[0].GetComponents())
+
+	// Same drift, another detail: not a change.
+	setHealth(&providerv1.ComponentHealth{Name: "db", Status: healthy, Message: "ok", Drift: true, DriftDetail: "replicas: plan 3, live 4"},
+		&providerv1.ComponentHealth{Name: "cache", Status: healthy})
+	c.Collect(t.Context())
+	if db := find(c.Health(), "provider/my-db/db"); db.GetDriftDetail() != "replicas: plan 3, live 4" {
+		t.Fatalf("heartbeat after a new detail: %v", db)
+	}
+	if hs, _ := c.HealthHistory(10); len(hs) != 0 {
+		t.Fatalf("a new drift detail alone was spooled: %v", hs)
+	}
+
+	// Drift cleared: a change.
+	setHealth(&providerv1.ComponentHealth{Name: "db", Status: healthy, Message: "ok"}, &providerv1.ComponentHealth{Name: "cache", Status: healthy})
+	c.Collect(t.Context())
+	hs, _ = c.HealthHistory(10)
+	if len(hs) != 1 {
+		t.Fatalf("history after drift cleared: %v", hs)
+	}
+	if db := find(hs[0].GetComponents(), "provider/my-db/db"); db == nil || db.GetDrift() || db.GetDriftDetail() != "" {
+		t.Fatalf("snapshot after drift cleared: %v", db)
 	}
 }

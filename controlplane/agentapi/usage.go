@@ -92,19 +92,25 @@ func (s *Service) heartbeatTime(hb *agentv1.Heartbeat) time.Time {
 }
 
 // healthStates converts heartbeat components for the store's health
-// history.
+// history. A drift detail is kept only with drift (it says what drifted);
+// the store cuts long messages and details.
 func healthStates(cs []*agentv1.ComponentHealth) []store.ComponentState {
 	out := make([]store.ComponentState, 0, min(len(cs), store.MaxHealthComponents))
 	for _, c := range cs[:min(len(cs), store.MaxHealthComponents)] {
 		st := strings.ToLower(strings.TrimPrefix(c.GetStatus().String(), "HEALTH_STATUS_"))
-		out = append(out, store.ComponentState{Name: truncate(c.GetName(), store.MaxHealthName), Status: st, Message: c.GetMessage()})
+		s := store.ComponentState{Name: truncate(c.GetName(), store.MaxHealthName), Status: st, Message: c.GetMessage()}
+		if c.GetDrift() {
+			s.Drift, s.DriftDetail = true, c.GetDriftDetail()
+		}
+		out = append(out, s)
 	}
 	return out
 }
 
 // recordHealth keeps the agent's health history: called with every
 // heartbeat's components, it writes only when they differ from what this
-// session last recorded (the store appends an event per status change).
+// session last recorded (the store appends an event per change of status or
+// drift).
 func (s *Service) recordHealth(ctx context.Context, key store.AgentKey, last *[]byte, health []byte, cs []*agentv1.ComponentHealth, at time.Time) {
 	if len(cs) == 0 || bytes.Equal(*last, health) {
 		return

@@ -163,3 +163,56 @@ func TestHealthHistory(t *testing.T) {
 		t.Errorf("future heartbeat recorded at %v", e.At)
 	}
 }
+
+// TestHealthHistoryDrift: a component's drift reaches the health history
+// (drift appearing and clearing are events, a new detail alone is not) and
+// the agent's last health.
+func TestHealthHistoryDrift(t *testing.T) {
+	c := startCP(t, options{})
+	k, _, creds := c.agent(t, "acme", "a1")
+	s := c.open(t, creds, &agentv1.Hello{AgentVersion: "test"})
+	beat := func(drift bool, detail string) {
+		s.id++
+		if err := s.stream.Send(&agentv1.AgentMessage{Id: s.id, Body: &agentv1.AgentMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{
+			SentAt: timestamppb.Now(), Components: []*agentv1.ComponentHealth{{
+				Name: "provider/kubernetes/app", Status: agentv1.HealthStatus_HEALTH_STATUS_HEALTHY, Message: "3/3 ready", Drift: drift, DriftDetail: detail,
+			}},
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat(false, "")
+	beat(true, "replicas: plan 3, live 5")
+	beat(true, "replicas: plan 3, live 4")
+	beat(false, "")
+	var evs []store.HealthEvent
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var err error
+		if evs, err = c.store.HealthEvents(t.Context(), k, 10); err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) >= 3 {
+			break
+		}
+	}
+	if len(evs) != 3 || evs[0].Drift || evs[0].DriftDetail != "" ||
+		!evs[1].Drift || evs[1].DriftDetail != "replicas: plan 3, live 5" || evs[1].Status != "healthy" || evs[1].Message != "3/3 ready" ||
+		evs[2].Drift {
+		t.Fatalf("health events %+v, want drift cleared, drift (replicas 5), no drift", evs)
+	}
+
+	beat(true, "image: plan v1, live v2")
+	for deadline := time.Now().Add(wait); ; time.Sleep(20 * time.Millisecond) {
+		a, err := c.store.GetAgent(t.Context(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := string(a.Health)
+		if strings.Contains(h, `"drift":true`) && strings.Contains(h, `"driftDetail":"image: plan v1, live v2"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent health %s, want the drift of the last heartbeat", h)
+		}
+	}
+}

@@ -10,9 +10,9 @@ import (
 	"unicode/utf8"
 )
 
-// Health report bounds. A message longer than MaxHealthMessage bytes is
-// cut (at a character boundary) rather than refused, so a verbose provider
-// does not cost the report.
+// Health report bounds. A message or drift detail longer than
+// MaxHealthMessage bytes is cut (at a character boundary) rather than
+// refused, so a verbose provider does not cost the report.
 const (
 	MaxHealthComponents = 1000
 	MaxHealthName       = 200
@@ -23,20 +23,27 @@ const (
 // defaultHealthEvents is HealthEvents' page size when limit is not positive.
 const defaultHealthEvents = 100
 
-// ComponentState is one component's health as an agent reported it.
+// ComponentState is one component's health as an agent reported it. Drift
+// is set when what the last applied plan put in place differs from what is
+// live; DriftDetail says what drifted.
 type ComponentState struct {
-	Name    string
-	Status  string
-	Message string
+	Name        string
+	Status      string
+	Message     string
+	Drift       bool
+	DriftDetail string
 }
 
-// HealthEvent is a recorded change of a component's status.
+// HealthEvent is a recorded change of a component's status or drift, with
+// the component's state at the change.
 type HealthEvent struct {
 	AgentKey
-	At        time.Time
-	Component string
-	Status    string
-	Message   string
+	At          time.Time
+	Component   string
+	Status      string
+	Message     string
+	Drift       bool
+	DriftDetail string
 }
 
 func validateHealth(k AgentKey, at time.Time, cs []ComponentState) ([]ComponentState, error) {
@@ -62,6 +69,7 @@ func validateHealth(k AgentKey, at time.Time, cs []ComponentState) ([]ComponentS
 		default:
 			seen[c.Name] = true
 			c.Message = cutUTF8(c.Message, MaxHealthMessage)
+			c.DriftDetail = cutUTF8(c.DriftDetail, MaxHealthMessage)
 			out[i] = c
 			continue
 		}
@@ -83,12 +91,12 @@ func cutUTF8(s string, n int) string {
 }
 
 // RecordHealth stores the agent's component states and appends a health
-// event for each component whose status differs from the last recorded one
-// (a component seen for the first time counts as a change). A report older
-// than the component's last stored change does not change it (a snapshot
-// replayed after a newer one); a message change alone updates the stored
-// state without an event. Components missing from cs keep their state.
-// ErrNotFound for an unknown agent.
+// event for each component whose status or drift differs from the last
+// recorded one (a component seen for the first time counts as a change). A
+// report older than the component's last stored change does not change it
+// (a snapshot replayed after a newer one); a change of message or drift
+// detail alone updates the stored state without an event. Components
+// missing from cs keep their state. ErrNotFound for an unknown agent.
 func (s *sqlStore) RecordHealth(ctx context.Context, k AgentKey, at time.Time, cs []ComponentState) error {
 	cs, err := validateHealth(k, at, cs)
 	if err != nil {
@@ -114,11 +122,12 @@ func (s *sqlStore) RecordHealth(ctx context.Context, k AgentKey, at time.Time, c
 			return nil
 		}
 		type state struct {
-			status, message string
-			updated         time.Time
+			status, message, driftDetail string
+			drift                        bool
+			updated                      time.Time
 		}
 		cur := make(map[string]state)
-		rows, err := tx.QueryContext(ctx, s.q(`SELECT component, status, message, updated_at FROM health_components
+		rows, err := tx.QueryContext(ctx, s.q(`SELECT component, status, message, drift, drift_detail, updated_at FROM health_components
 			WHERE tenant = ? AND agent_id = ?`), k.Tenant, k.ID)
 		if err != nil {
 			return fmt.Errorf("store: record health of agent %s: %w", keyString(k), err)
@@ -128,7 +137,7 @@ func (s *sqlStore) RecordHealth(ctx context.Context, k AgentKey, at time.Time, c
 				name string
 				st   state
 			)
-			if err := rows.Scan(&name, &st.status, &st.message, timeCol{&st.updated}); err != nil {
+			if err := rows.Scan(&name, &st.status, &st.message, &st.drift, &st.driftDetail, timeCol{&st.updated}); err != nil {
 				rows.Close()
 				return fmt.Errorf("store: record health of agent %s: %w", keyString(k), err)
 			}
@@ -140,25 +149,28 @@ func (s *sqlStore) RecordHealth(ctx context.Context, k AgentKey, at time.Time, c
 		}
 		for _, c := range cs {
 			old, known := cur[c.Name]
-			statusChanged := !known || old.status != c.Status
+			changed := !known || old.status != c.Status || old.drift != c.Drift
 			switch {
 			case known && at.Before(old.updated):
 				continue // stale
-			case !statusChanged && old.message == c.Message:
+			case !changed && old.message == c.Message && old.driftDetail == c.DriftDetail:
 				continue // nothing to store
 			}
-			if statusChanged {
-				if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO health_events (tenant, agent_id, at, component, status, message)
-					VALUES (?, ?, ?, ?, ?, ?)`), k.Tenant, k.ID, s.d.ts(at), c.Name, c.Status, c.Message); err != nil {
+			if changed {
+				if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO health_events
+					(tenant, agent_id, at, component, status, message, drift, drift_detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+					k.Tenant, k.ID, s.d.ts(at), c.Name, c.Status, c.Message, c.Drift, c.DriftDetail); err != nil {
 					return fmt.Errorf("store: record health of agent %s: component %q: %w", keyString(k), c.Name, err)
 				}
 			}
 			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO health_components
-				(tenant, agent_id, component, status, message, changed_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+				(tenant, agent_id, component, status, message, drift, drift_detail, changed_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 				ON CONFLICT (tenant, agent_id, component) DO UPDATE SET
-					changed_at = CASE WHEN health_components.status = excluded.status THEN health_components.changed_at ELSE excluded.changed_at END,
-					status = excluded.status, message = excluded.message, updated_at = excluded.updated_at`),
-				k.Tenant, k.ID, c.Name, c.Status, c.Message, s.d.ts(at), s.d.ts(at)); err != nil {
+					changed_at = CASE WHEN health_components.status = excluded.status AND health_components.drift = excluded.drift
+						THEN health_components.changed_at ELSE excluded.changed_at END,
+					status = excluded.status, message = excluded.message, drift = excluded.drift, drift_detail = excluded.drift_detail,
+					updated_at = excluded.updated_at`),
+				k.Tenant, k.ID, c.Name, c.Status, c.Message, c.Drift, c.DriftDetail, s.d.ts(at), s.d.ts(at)); err != nil {
 				return fmt.Errorf("store: record health of agent %s: component %q: %w", keyString(k), c.Name, err)
 			}
 		}
@@ -172,7 +184,7 @@ func (s *sqlStore) HealthEvents(ctx context.Context, k AgentKey, limit int) ([]H
 	if limit <= 0 {
 		limit = defaultHealthEvents
 	}
-	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT tenant, agent_id, at, component, status, message FROM health_events
+	rows, err := s.rdb.QueryContext(ctx, s.q(`SELECT tenant, agent_id, at, component, status, message, drift, drift_detail FROM health_events
 		WHERE tenant = ? AND agent_id = ? ORDER BY at DESC, id DESC LIMIT ?`), k.Tenant, k.ID, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: health events of agent %s: %w", keyString(k), err)
@@ -181,7 +193,7 @@ func (s *sqlStore) HealthEvents(ctx context.Context, k AgentKey, limit int) ([]H
 	var out []HealthEvent
 	for rows.Next() {
 		var e HealthEvent
-		if err := rows.Scan(&e.Tenant, &e.ID, timeCol{&e.At}, &e.Component, &e.Status, &e.Message); err != nil {
+		if err := rows.Scan(&e.Tenant, &e.ID, timeCol{&e.At}, &e.Component, &e.Status, &e.Message, &e.Drift, &e.DriftDetail); err != nil {
 			return nil, fmt.Errorf("store: health events of agent %s: %w", keyString(k), err)
 		}
 		out = append(out, e)

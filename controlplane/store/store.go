@@ -301,9 +301,9 @@ type Store interface {
 	UsageTotals(ctx context.Context, tenant string) ([]UsageHour, error)
 
 	// RecordHealth stores agent k's component states as of at and appends
-	// a health event for each component whose status changed from the last
-	// recorded one (or that is new), so history stays small. ErrInvalid for
-	// a bad component, ErrNotFound for an unknown agent.
+	// a health event for each component whose status or drift changed from
+	// the last recorded one (or that is new), so history stays small.
+	// ErrInvalid for a bad component, ErrNotFound for an unknown agent.
 	RecordHealth(ctx context.Context, k AgentKey, at time.Time, cs []ComponentState) error
 	// HealthEvents lists agent k's health events, newest first.
 	HealthEvents(ctx context.Context, k AgentKey, limit int) ([]HealthEvent, error)

@@ -94,6 +94,69 @@ func testRecordHealth(t *testing.T, s store.Store) {
 	}
 }
 
+// testRecordHealthDrift: drift is recorded with its detail; drift
+// appearing or clearing appends an event like a status change, the same
+// drift with another detail does not; a long detail is cut to valid UTF-8.
+func testRecordHealthDrift(t *testing.T, s store.Store) {
+	mustTenant(t, s, "acme")
+	mustAgent(t, s, "acme", "a1")
+	k := store.AgentKey{Tenant: "acme", ID: "a1"}
+	at := func(min int) time.Time { return t0.Add(time.Duration(min) * time.Minute) }
+	ev := func(min int, comp, status string, drift bool, detail string) store.HealthEvent {
+		return store.HealthEvent{AgentKey: k, At: micro(at(min)), Component: comp, Status: status, Message: "ok", Drift: drift, DriftDetail: detail}
+	}
+	state := func(comp, status string, drift bool, detail string) store.ComponentState {
+		return store.ComponentState{Name: comp, Status: status, Message: "ok", Drift: drift, DriftDetail: detail}
+	}
+	steps := []struct {
+		name string
+		at   time.Time
+		cs   []store.ComponentState
+		add  []store.HealthEvent // new events, newest first
+	}{
+		{"first report, one component drifted", at(0), []store.ComponentState{
+			state("app", "healthy", true, "replicas: plan 3, live 5"), state("db", "healthy", false, ""),
+		}, []store.HealthEvent{ev(0, "db", "healthy", false, ""), ev(0, "app", "healthy", true, "replicas: plan 3, live 5")}},
+		{"same drift, same detail", at(1), []store.ComponentState{
+			state("app", "healthy", true, "replicas: plan 3, live 5"), state("db", "healthy", false, ""),
+		}, nil},
+		{"same drift, another detail", at(2), []store.ComponentState{state("app", "healthy", true, "replicas: plan 3, live 4")}, nil},
+		{"drift appears", at(3), []store.ComponentState{state("db", "healthy", true, "max_connections: plan 100, live 200")},
+			[]store.HealthEvent{ev(3, "db", "healthy", true, "max_connections: plan 100, live 200")}},
+		{"drift cleared", at(4), []store.ComponentState{state("app", "healthy", false, "")},
+			[]store.HealthEvent{ev(4, "app", "healthy", false, "")}},
+		{"stale drift", at(3), []store.ComponentState{state("app", "healthy", true, "replicas: plan 3, live 9")}, nil},
+		{"status and drift change at once", at(5), []store.ComponentState{state("db", "degraded", false, "")},
+			[]store.HealthEvent{ev(5, "db", "degraded", false, "")}},
+		// The detail of minute 2 was stored without an event: the event
+		// of drift appearing again carries the new one.
+		{"drift again", at(6), []store.ComponentState{state("app", "healthy", true, "image: plan v1, live v2")},
+			[]store.HealthEvent{ev(6, "app", "healthy", true, "image: plan v1, live v2")}},
+	}
+	var want []store.HealthEvent
+	for _, st := range steps {
+		if err := s.RecordHealth(ctx(t), k, st.at, st.cs); err != nil {
+			t.Fatalf("%s: RecordHealth: %v", st.name, err)
+		}
+		want = append(append([]store.HealthEvent{}, st.add...), want...)
+		if got := mustEvents(t, s, k, 0); !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s: HealthEvents =\n %+v\nwant\n %+v", st.name, got, want)
+		}
+	}
+
+	long := strings.Repeat("é", store.MaxHealthMessage) // 2 bytes each
+	if err := s.RecordHealth(ctx(t), k, at(7), []store.ComponentState{state("app", "healthy", false, ""), state("cache", "healthy", true, long)}); err != nil {
+		t.Fatal(err)
+	}
+	got := mustEvents(t, s, k, 2)
+	if len(got) != 2 || got[0].Component != "cache" || !got[0].Drift || got[1].Component != "app" || got[1].Drift {
+		t.Fatalf("events at minute 7: %+v", got)
+	}
+	if d := got[0].DriftDetail; len(d) > store.MaxHealthMessage || len(d) < store.MaxHealthMessage-4 || !utf8.ValidString(d) || !strings.HasPrefix(long, d) {
+		t.Errorf("long drift detail stored as %d bytes (valid UTF-8: %v)", len(d), utf8.ValidString(d))
+	}
+}
+
 func sortEvents(es []store.HealthEvent) {
 	// Stable: events with equal times keep their (newest-first) order.
 	for i := 1; i < len(es); i++ {

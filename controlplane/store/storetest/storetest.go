@@ -54,6 +54,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"UsageRace", testUsageRace},
 		{"RecordHealth", testRecordHealth},
 		{"RecordHealthValidation", testRecordHealthValidation},
+		{"RecordHealthDrift", testRecordHealthDrift},
 		{"Exports", testExports},
 		{"TenantAttributes", testTenantAttributes},
 		{"Releases", testReleases},

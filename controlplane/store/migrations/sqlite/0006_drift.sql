@@ -1,0 +1,12 @@
+-- Drift flags in the health history (SQLite): a component drifts when what
+-- the last applied plan put in place differs from what is live. A change of
+-- drift appends a health_events row like a change of status, and moves
+-- health_components.changed_at; drift_detail (what drifted, for humans)
+-- changing alone does neither. Rows written before this migration have no
+-- drift.
+
+ALTER TABLE health_components ADD COLUMN drift INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE health_components ADD COLUMN drift_detail TEXT NOT NULL DEFAULT '';
+
+ALTER TABLE health_events ADD COLUMN drift INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE health_events ADD COLUMN drift_detail TEXT NOT NULL DEFAULT '';
