@@ -202,7 +202,8 @@ func startStack(b *testing.B) *stack {
 		"--state-dir", filepath.Join(dir, "agent-state"),
 		"--token", tok.Token,
 		"--config", cfgPath,
-		"--log-level", "warn")
+		"--log-level", "warn",
+		"--allow-unreleased-plans") // the benchmark submits ad hoc plans
 	cmd.Stdout, cmd.Stderr = agentLog, agentLog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

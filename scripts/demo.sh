@@ -103,8 +103,10 @@ for t in "${TENANTS[@]}"; do
 		--config "{\"root\":\"$DABS/local-$t\",\"bin_dir\":\"$VENDOR_BIN\"}" >"$D/agent-$t.yaml"
 	chmod 600 "$D/agent-$t.yaml"
 	sed 's/^/    /' "$D/agent-$t.yaml"
+	# The demo submits ad hoc plans, which agents refuse unless told to
+	# accept them (production agents run only plans from a signed release).
 	"$BIN/attache-agent" run --state-dir "$D/agent-$t/state" --config "$D/agent-$t.yaml" --token "$TOKEN" \
-		--usage-interval 2s >"$D/agent-$t.log" 2>&1 &
+		--usage-interval 2s --allow-unreleased-plans >"$D/agent-$t.log" 2>&1 &
 	pids+=($!)
 	echo "pid $!, log $D/agent-$t.log"
 done

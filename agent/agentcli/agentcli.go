@@ -58,7 +58,7 @@ func newRunCommand(stderr io.Writer) *cobra.Command {
 	var (
 		stateDir, token, tokenFile, logLevel, logFormat, configPath string
 		backoffMax, usageInterval                                   time.Duration
-		newJournal                                                  bool
+		newJournal, allowUnreleased                                 bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -89,6 +89,19 @@ log. After a crash the agent resumes the interrupted plan and never repeats a
 step that succeeded. Without --config the agent has no providers, and plans
 that need one fail. "attache-agent plans" and "attache-agent audit" read the
 journal while the agent is stopped.
+
+Releases: by default the agent runs only plans rendered from a release that
+the vendor signed with its release key (the "releases" role of the trust root,
+a key the control plane does not hold). Such a plan carries the signed release;
+the agent verifies that signature as well as the control plane's and renders
+the release itself, and refuses the plan (reason RELEASE) unless its steps are
+exactly that rendering. So a control plane whose plans key is stolen can choose
+who gets a signed release and when, but cannot make this agent run an image,
+manifest, migration or step that the release key did not sign. Plans that carry
+no release (ad hoc plans: "attache plan submit") are refused (reason
+UNRELEASED). --allow-unreleased-plans accepts them too: then the control
+plane's plans key alone decides what runs here, which is convenient for
+development and for one-off operations, but gives up that protection.
 
 Usage: every --usage-interval the agent asks its providers for health and
 usage and, when --config has app_metrics, scrapes the vendor app's Prometheus
@@ -127,7 +140,10 @@ written to --state-dir/spool.db before it is sent.`,
 			if err := catalog.CheckBinaries(cfg.Providers); err != nil {
 				return fmt.Errorf("config %s: %w", configPath, err)
 			}
-			return run(cmd.Context(), logger, stateDir, token, backoffMax, cfg, newJournal, usageInterval)
+			if allowUnreleased {
+				logger.Warn("accepting plans that carry no signed release (--allow-unreleased-plans): the control plane's plans key alone decides what runs here")
+			}
+			return run(cmd.Context(), logger, stateDir, token, backoffMax, cfg, newJournal, usageInterval, allowUnreleased)
 		},
 	}
 	f := cmd.Flags()
@@ -138,6 +154,7 @@ written to --state-dir/spool.db before it is sent.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "text or json")
 	f.BoolVar(&newJournal, "new-journal", false, "start a new, empty plan journal for an enrolled agent whose journal.db is lost (resets replay protection)")
+	f.BoolVar(&allowUnreleased, "allow-unreleased-plans", false, "also accept plans that carry no release signed by the vendor's release key (ad hoc plans); the control plane's plans key alone then decides what runs, so a stolen plans key could run anything: for development and one-off operations")
 	f.DurationVar(&backoffMax, "reconnect-max-delay", 10*time.Second, "upper bound of the jittered reconnect delay")
 	f.DurationVar(&usageInterval, "usage-interval", telemetry.DefaultInterval, "how often to collect health and usage from the providers (usage is spooled in spool.db before it is sent)")
 	_ = cmd.MarkFlagRequired("state-dir")
@@ -156,7 +173,7 @@ type ExitError struct {
 func (e *ExitError) Error() string { return e.Err.Error() }
 func (e *ExitError) Unwrap() error { return e.Err }
 
-func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backoffMax time.Duration, cfg *Config, newJournal bool, usageInterval time.Duration) error {
+func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backoffMax time.Duration, cfg *Config, newJournal bool, usageInterval time.Duration, allowUnreleased bool) error {
 	journalPath := filepath.Join(stateDir, JournalFile)
 	var jr *journal.Journal
 	defer func() {
@@ -240,8 +257,9 @@ func run(ctx context.Context, logger *slog.Logger, stateDir, token string, backo
 		Executor: executor.New(executor.Config{
 			Journal: jr, Providers: cat, Logger: logger.With("component", "executor"),
 		}),
-		State:  st,
-		Logger: logger.With("component", "plans"),
+		State:           st,
+		Logger:          logger.With("component", "plans"),
+		AllowUnreleased: allowUnreleased,
 	})
 	if err != nil {
 		return err

@@ -62,7 +62,7 @@ func TestRunHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"--config", "provider pin", "--state-dir", "pinned by SHA-256"} {
+	for _, want := range []string{"--config", "provider pin", "--state-dir", "pinned by SHA-256", "--allow-unreleased-plans", "stolen plans key"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("run --help does not mention %q:\n%s", want, out)
 		}

@@ -57,6 +57,11 @@ type Config struct {
 	// ClockSkew is how far in the future a plan's issued_at may be; zero
 	// means planverify.DefaultClockSkew.
 	ClockSkew time.Duration
+	// AllowUnreleased accepts plans that carry no signed release
+	// (planverify.Verifier.AllowUnreleased; `attache-agent run
+	// --allow-unreleased-plans`). False, the default, refuses them with
+	// ReasonUnreleased.
+	AllowUnreleased bool
 }
 
 // Report is the status of one plan at one journal version; it is the
@@ -80,6 +85,8 @@ const (
 	ReasonExpired      = "EXPIRED"
 	ReasonFromFuture   = "FROM_FUTURE"
 	ReasonRootRotation = "ROOT_ROTATION"
+	ReasonRelease      = "RELEASE"
+	ReasonUnreleased   = "UNRELEASED"
 	ReasonInternal     = "INTERNAL"
 )
 
@@ -182,11 +189,12 @@ func New(cfg Config) (*Runner, error) {
 		retryBase: defaultRetryBase,
 		retryMax:  defaultRetryMax,
 		v: planverify.Verifier{
-			Root:         root,
-			Self:         cfg.State.ID,
-			LastSequence: last,
-			Now:          cfg.Now,
-			ClockSkew:    cfg.ClockSkew,
+			Root:            root,
+			Self:            cfg.State.ID,
+			LastSequence:    last,
+			Now:             cfg.Now,
+			ClockSkew:       cfg.ClockSkew,
+			AllowUnreleased: cfg.AllowUnreleased,
 		},
 	}, nil
 }
@@ -332,6 +340,7 @@ func (r *Runner) Offer(ctx context.Context, o *agentv1.PlanOffer) error {
 	r.v.LastSequence = p.GetSequence()
 	r.audit(ActionAccept, id, auditlog.OutcomeSuccess, map[string]any{
 		"sequence": p.GetSequence(), "steps": len(steps), "dry_run": p.GetDryRun(), "release_ref": p.GetReleaseRef(),
+		"release_signed": len(p.GetReleaseEnvelope()) > 0,
 	})
 	r.log.Info("plan accepted", "plan", id, "sequence", p.GetSequence(), "steps", len(steps), "dry_run", p.GetDryRun())
 	select {
@@ -514,6 +523,8 @@ func Reason(err error) string {
 		{journal.ErrReplay, ReasonReplay},
 		{planverify.ErrExpired, ReasonExpired},
 		{planverify.ErrFromFuture, ReasonFromFuture},
+		{planverify.ErrRelease, ReasonRelease},
+		{planverify.ErrUnreleased, ReasonUnreleased},
 	} {
 		if errors.Is(err, m.err) {
 			return m.reason

@@ -220,7 +220,7 @@ func newFixture(t *testing.T, rootEnv []byte) *fixture {
 	fx.j = j
 	fx.exec = &fakeExecutor{j: j, failures: map[string]int{}, called: make(chan string, 16)}
 	fx.state = &svid.State{Dir: dir, ID: selfID, TrustRoot: rootEnv}
-	r, err := New(Config{Journal: j, Executor: fx.exec, State: fx.state, Logger: testLogger(t), Now: fx.clock})
+	r, err := New(Config{Journal: j, Executor: fx.exec, State: fx.state, Logger: testLogger(t), Now: fx.clock, AllowUnreleased: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,6 +312,12 @@ func TestOfferRefusals(t *testing.T) {
 				o.TrustRoots = [][]byte{rotationByNewKeyOnly}
 				return o
 			}()},
+		{name: "unreleased plan refused by default", reason: "UNRELEASED", detail: "--allow-unreleased-plans", offer: offer(t, good, "plans1"),
+			setup: func(fx *fixture) { fx.r.v.AllowUnreleased = false }},
+		{name: "release that does not verify", reason: "RELEASE", detail: "the release it carries is refused", offer: offer(t, mutate(id, 10, func(p *planv1.Plan) {
+			p.ReleaseEnvelope = []byte(`{"payloadType":"application/vnd.attache.release.v1+json","payload":"e30=","signatures":[]}`)
+			p.ReleaseContext = &planv1.ReleaseContext{Tenant: "acme", Tier: "pool"}
+		}), "plans1")},
 		{name: "offer names another plan", reason: "INVALID", detail: "the offer names plan",
 			offer: func() *agentv1.PlanOffer { o := offer(t, good, "plans1"); o.PlanId = planID(101); return o }()},
 		{name: "offer names another sequence", reason: "INVALID", detail: "sequence 11",
@@ -452,7 +458,7 @@ func TestOfferAccept(t *testing.T) {
 		t.Fatalf("second plan with sequence 10: %+v", rec)
 	}
 	fx.accept(t, testPlan(planID(3), 11))
-	r2, err := New(Config{Journal: fx.j, Executor: fx.exec, State: fx.state, Now: fx.clock})
+	r2, err := New(Config{Journal: fx.j, Executor: fx.exec, State: fx.state, Now: fx.clock, AllowUnreleased: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -544,7 +550,7 @@ func TestFollowRoots(t *testing.T) {
 			t.Fatalf("plan signed by the new key: %+v", rec)
 		}
 		// A runner built from the persisted state starts at version 2.
-		r2, err := New(Config{Journal: fx.j, Executor: fx.exec, State: &svid.State{Dir: fx.state.Dir, ID: selfID, TrustRoot: onDisk}})
+		r2, err := New(Config{Journal: fx.j, Executor: fx.exec, State: &svid.State{Dir: fx.state.Dir, ID: selfID, TrustRoot: onDisk}, AllowUnreleased: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1001,6 +1007,8 @@ func TestReason(t *testing.T) {
 		{planverify.ErrExpired, "EXPIRED"},
 		{planverify.ErrFromFuture, "FROM_FUTURE"},
 		{planverify.ErrRootRotation, "ROOT_ROTATION"},
+		{planverify.ErrRelease, "RELEASE"},
+		{planverify.ErrUnreleased, "UNRELEASED"},
 		{fmt.Errorf("plan x: %w", planverify.ErrExpired), "EXPIRED"},
 		{fmt.Errorf("%w: %w", planverify.ErrRootRotation, sign.ErrRootExpired), "ROOT_ROTATION"},
 		{fmt.Errorf("accept: %w", journal.ErrReplay), "REPLAY"},

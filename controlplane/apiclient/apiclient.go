@@ -42,6 +42,23 @@ type (
 	HealthProblem       = apiv1.HealthProblem
 	HealthEventList     = apiv1.HealthEventList
 	HealthEvent         = apiv1.HealthEvent
+	Release             = apiv1.Release
+	ReleaseMigration    = apiv1.ReleaseMigration
+	ReleaseStep         = apiv1.ReleaseStep
+	UpdateTenantRequest = apiv1.UpdateTenantRequest
+	TenantFlags         = apiv1.TenantFlags
+	SetFlagsRequest     = apiv1.SetFlagsRequest
+	FlagChange          = apiv1.FlagChange
+	StartRolloutRequest = apiv1.StartRolloutRequest
+	Rollout             = apiv1.Rollout
+	RolloutSpec         = apiv1.RolloutSpec
+	RolloutWave         = apiv1.RolloutWave
+	RolloutTarget       = apiv1.RolloutTarget
+	RolloutFlagsRequest = apiv1.RolloutFlagsRequest
+	RolloutFlags        = apiv1.RolloutFlags
+	Freeze              = apiv1.Freeze
+	WaveRef             = apiv1.WaveRef
+	Rate                = apiv1.Rate
 )
 
 // maxResponseBytes bounds what the client reads from one response.
@@ -285,6 +302,149 @@ func (c *Client) AgentHealthEvents(ctx context.Context, tenant, id string, limit
 	}
 	var out HealthEventList
 	err := c.do(ctx, http.MethodGet, agentPath(tenant, id)+"/health", q, nil, &out)
+	return out, err
+}
+
+// PushRelease calls POST /v1/releases with a signed release envelope (the
+// JSON `attache release sign` writes). Refusals come back as *APIError: 400
+// (not signed by the release key the trust root lists, or not a valid
+// release; the message says why), 409 (the version exists: releases are
+// immutable) or 413 (too large).
+func (c *Client) PushRelease(ctx context.Context, envelope []byte) (Release, error) {
+	var out Release
+	err := c.do(ctx, http.MethodPost, "/v1/releases", nil, apiv1.PushReleaseRequest{Envelope: envelope}, &out)
+	return out, err
+}
+
+// ListReleases calls GET /v1/releases: releases newest first.
+func (c *Client) ListReleases(ctx context.Context) ([]Release, error) {
+	var out apiv1.ReleaseList
+	err := c.do(ctx, http.MethodGet, "/v1/releases", nil, nil, &out)
+	return out.Releases, err
+}
+
+// GetRelease calls GET /v1/releases/{version}; Verified says whether it
+// still verifies against the current trust root.
+func (c *Client) GetRelease(ctx context.Context, version string) (Release, error) {
+	var out Release
+	err := c.do(ctx, http.MethodGet, "/v1/releases/"+url.PathEscape(version), nil, nil, &out)
+	return out, err
+}
+
+// UpdateTenant calls PATCH /v1/tenants/{name}: only the fields set in req
+// change (see UpdateTenantRequest).
+func (c *Client) UpdateTenant(ctx context.Context, name string, req UpdateTenantRequest) (Tenant, error) {
+	var out Tenant
+	err := c.do(ctx, http.MethodPatch, "/v1/tenants/"+url.PathEscape(name), nil, req, &out)
+	return out, err
+}
+
+// TenantFlags calls GET /v1/tenants/{name}/flags.
+func (c *Client) TenantFlags(ctx context.Context, name string) (TenantFlags, error) {
+	var out TenantFlags
+	err := c.do(ctx, http.MethodGet, "/v1/tenants/"+url.PathEscape(name)+"/flags", nil, nil, &out)
+	return out, err
+}
+
+// SetTenantFlags calls PUT /v1/tenants/{name}/flags: sets and unsets flags
+// and, when the tenant has a release, re-applies it with them (PlanID).
+func (c *Client) SetTenantFlags(ctx context.Context, name string, req SetFlagsRequest) (FlagChange, error) {
+	var out FlagChange
+	err := c.do(ctx, http.MethodPut, "/v1/tenants/"+url.PathEscape(name)+"/flags", nil, req, &out)
+	return out, err
+}
+
+// SetRolloutFlags calls POST /v1/rollouts/{id}/flags: the same flag change
+// for every tenant of one wave.
+func (c *Client) SetRolloutFlags(ctx context.Context, id string, req RolloutFlagsRequest) (RolloutFlags, error) {
+	var out RolloutFlags
+	err := c.do(ctx, http.MethodPost, rolloutPath(id)+"/flags", nil, req, &out)
+	return out, err
+}
+
+// StartRollout calls POST /v1/rollouts. Refusals come back as *APIError:
+// 400 (the message names the field, or says no tenant matches) or 404 (no
+// such release).
+func (c *Client) StartRollout(ctx context.Context, req StartRolloutRequest) (Rollout, error) {
+	var out Rollout
+	err := c.do(ctx, http.MethodPost, "/v1/rollouts", nil, req, &out)
+	return out, err
+}
+
+// RolloutQuery selects rollouts in ListRollouts.
+type RolloutQuery struct {
+	Active bool // only unfinished rollouts
+	Limit  int  // 0: the server's default (50); at most 500
+}
+
+// ListRollouts calls GET /v1/rollouts: newest first, with each wave's
+// summary but no targets.
+func (c *Client) ListRollouts(ctx context.Context, q RolloutQuery) ([]Rollout, error) {
+	v := url.Values{}
+	if q.Active {
+		v.Set("active", "true")
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	var out apiv1.RolloutList
+	err := c.do(ctx, http.MethodGet, "/v1/rollouts", v, nil, &out)
+	return out.Rollouts, err
+}
+
+// GetRollout calls GET /v1/rollouts/{id}: the rollout, its waves and every
+// target.
+func (c *Client) GetRollout(ctx context.Context, id string) (Rollout, error) {
+	var out Rollout
+	err := c.do(ctx, http.MethodGet, rolloutPath(id), nil, nil, &out)
+	return out, err
+}
+
+// PauseRollout calls POST /v1/rollouts/{id}/pause: no new plans until
+// resumed. 409 for a finished rollout.
+func (c *Client) PauseRollout(ctx context.Context, id string) (Rollout, error) {
+	return c.controlRollout(ctx, id, "pause")
+}
+
+// ResumeRollout calls POST /v1/rollouts/{id}/resume. 409 for a finished or
+// aborting rollout.
+func (c *Client) ResumeRollout(ctx context.Context, id string) (Rollout, error) {
+	return c.controlRollout(ctx, id, "resume")
+}
+
+// AbortRollout calls POST /v1/rollouts/{id}/abort: the rollout stops and
+// fails; tenants not reached are cancelled. 409 for a finished rollout.
+func (c *Client) AbortRollout(ctx context.Context, id string) (Rollout, error) {
+	return c.controlRollout(ctx, id, "abort")
+}
+
+func (c *Client) controlRollout(ctx context.Context, id, verb string) (Rollout, error) {
+	var out Rollout
+	err := c.do(ctx, http.MethodPost, rolloutPath(id)+"/"+verb, nil, nil, &out)
+	return out, err
+}
+
+func rolloutPath(id string) string { return "/v1/rollouts/" + url.PathEscape(id) }
+
+// Freeze calls POST /v1/freeze: every rollout and plan dispatch stops,
+// fleet-wide, until Unfreeze. reason is required.
+func (c *Client) Freeze(ctx context.Context, reason string) (Freeze, error) {
+	var out Freeze
+	err := c.do(ctx, http.MethodPost, "/v1/freeze", nil, apiv1.FreezeRequest{Reason: reason}, &out)
+	return out, err
+}
+
+// Unfreeze calls DELETE /v1/freeze.
+func (c *Client) Unfreeze(ctx context.Context) (Freeze, error) {
+	var out Freeze
+	err := c.do(ctx, http.MethodDelete, "/v1/freeze", nil, nil, &out)
+	return out, err
+}
+
+// FreezeStatus calls GET /v1/freeze.
+func (c *Client) FreezeStatus(ctx context.Context) (Freeze, error) {
+	var out Freeze
+	err := c.do(ctx, http.MethodGet, "/v1/freeze", nil, nil, &out)
 	return out, err
 }
 

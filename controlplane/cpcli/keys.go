@@ -39,7 +39,7 @@ control plane's host, as the user the control plane runs as.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newKeysRotateCommand(stdout, stderr), newKeysShowCommand(stdout))
+	cmd.AddCommand(newKeysRotateCommand(stdout, stderr), newKeysTrustReleaseKeyCommand(stdout, stderr), newKeysShowCommand(stdout))
 	return cmd
 }
 
@@ -220,6 +220,12 @@ the rotation still happens and a warning says so.`,
 // returns 0 without error when that is a SQLite file that does not exist (a
 // data directory whose control plane never started; Open would create it).
 func auditRotation(ctx context.Context, cfg config.Config, now time.Time, target string, detail map[string]any) (uint64, error) {
+	return auditKeys(ctx, cfg, now, "keys.rotate", "attache-controlplane keys rotate", target, detail)
+}
+
+// auditKeys appends an audit entry for a change of the key material, as
+// auditRotation does.
+func auditKeys(ctx context.Context, cfg config.Config, now time.Time, action, source, target string, detail map[string]any) (uint64, error) {
 	dsn := cfg.StoreDSN()
 	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
 		if _, err := os.Stat(strings.TrimPrefix(dsn, "sqlite://")); errors.Is(err, os.ErrNotExist) {
@@ -243,10 +249,10 @@ func auditRotation(ctx context.Context, cfg config.Config, now time.Time, target
 		Time:    now,
 		Actor:   localActor(),
 		Role:    "system",
-		Action:  "keys.rotate",
+		Action:  action,
 		Target:  target,
 		Outcome: auditlog.OutcomeSuccess,
-		Source:  "attache-controlplane keys rotate",
+		Source:  source,
 		Detail:  bytes.TrimRight(b.Bytes(), "\n"),
 	})
 	if err != nil {

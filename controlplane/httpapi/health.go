@@ -34,8 +34,9 @@ const (
 // worst of the components of its last heartbeat (unhealthy, then degraded —
 // a component of unspecified or unknown status counts as degraded — else
 // healthy, also with no components). Problems lists the components that
-// are not healthy, in the agent's order. The metrics package counts agents
-// by the same states.
+// are not healthy or report drift, in the agent's order, and Drift counts
+// the latter; drift does not change the state. The metrics package counts
+// agents by the same states.
 func AgentHealth(a store.Agent, now time.Time, window time.Duration) apiv1.AgentHealth {
 	h := apiv1.AgentHealth{
 		Tenant:     a.Tenant,
@@ -48,7 +49,13 @@ func AgentHealth(a store.Agent, now time.Time, window time.Duration) apiv1.Agent
 	h.Components = len(comps)
 	worst := componentHealthy
 	for _, c := range comps {
+		if c.Drift {
+			h.Drift++
+		}
 		if c.Status == componentHealthy {
+			if c.Drift {
+				h.Problems = append(h.Problems, c)
+			}
 			continue
 		}
 		h.Problems = append(h.Problems, c)
@@ -60,7 +67,7 @@ func AgentHealth(a store.Agent, now time.Time, window time.Duration) apiv1.Agent
 	}
 	switch {
 	case a.RevokedAt != nil:
-		h.State, h.Problems = apiv1.HealthRevoked, nil
+		h.State, h.Problems, h.Drift = apiv1.HealthRevoked, nil, 0
 	case !h.Connected:
 		h.State = apiv1.HealthSilent
 	case worst == componentUnhealthy:
@@ -75,8 +82,9 @@ func AgentHealth(a store.Agent, now time.Time, window time.Duration) apiv1.Agent
 
 // components parses the agent's stored health JSON: an array of
 // protojson ComponentHealth ({"name", "status": "HEALTH_STATUS_…",
-// "message"}). Statuses come back lower case without the prefix; a missing
-// status is unspecified, one that is not a name unknown. Unparseable JSON
+// "message", "drift", "driftDetail"}). Statuses come back lower case
+// without the prefix; a missing status is unspecified, one that is not a
+// name unknown. A drift detail is kept only with drift. Unparseable JSON
 // yields no components; an unreadable element, a nameless unknown one.
 func components(raw []byte) []apiv1.HealthProblem {
 	var elems []json.RawMessage
@@ -86,12 +94,17 @@ func components(raw []byte) []apiv1.HealthProblem {
 	out := make([]apiv1.HealthProblem, 0, len(elems))
 	for _, e := range elems {
 		var c struct {
-			Name    string          `json:"name"`
-			Status  json.RawMessage `json:"status"`
-			Message string          `json:"message"`
+			Name        string          `json:"name"`
+			Status      json.RawMessage `json:"status"`
+			Message     string          `json:"message"`
+			Drift       bool            `json:"drift"`
+			DriftDetail string          `json:"driftDetail"`
 		}
 		if json.Unmarshal(e, &c) != nil {
-			c.Name, c.Status, c.Message = "", nil, "unreadable component report"
+			c.Name, c.Status, c.Message, c.Drift = "", nil, "unreadable component report", false
+		}
+		if !c.Drift {
+			c.DriftDetail = ""
 		}
 		status := componentUnspecified
 		var named string
@@ -102,7 +115,7 @@ func components(raw []byte) []apiv1.HealthProblem {
 		default:
 			status = componentUnknown // an enum number this version does not know
 		}
-		out = append(out, apiv1.HealthProblem{Name: c.Name, Status: status, Message: c.Message})
+		out = append(out, apiv1.HealthProblem{Name: c.Name, Status: status, Message: c.Message, Drift: c.Drift, DriftDetail: c.DriftDetail})
 	}
 	return out
 }
@@ -118,21 +131,34 @@ func ComponentStatus(s string) string {
 	return s
 }
 
-// healthRank orders states for GET /v1/health: the index in
-// apiv1.HealthStates.
-func healthRank(state string) int {
+// stateRank orders states: the index in apiv1.HealthStates, unknown states
+// last.
+func stateRank(state string) int {
 	if i := slices.Index(apiv1.HealthStates, state); i >= 0 {
 		return i
 	}
 	return len(apiv1.HealthStates)
 }
 
-// SortHealth sorts agents worst state first (apiv1.HealthStates order),
-// then by tenant and ID.
+// healthRank orders agents for GET /v1/health: by state, except that an
+// agent that reports drift and is neither unhealthy nor silent ranks right
+// after the silent ones.
+func healthRank(h apiv1.AgentHealth) int {
+	r := 2 * stateRank(h.State)
+	if silent := 2 * stateRank(apiv1.HealthSilent); h.Drift > 0 && r > silent {
+		r = silent + 1
+	}
+	return r
+}
+
+// SortHealth sorts agents for GET /v1/health: unhealthy, silent, then those
+// reporting drift, then the rest (apiv1.HealthStates order); within each,
+// worst state first, then by tenant and ID.
 func SortHealth(hs []apiv1.AgentHealth) {
 	slices.SortFunc(hs, func(a, b apiv1.AgentHealth) int {
 		return cmp.Or(
-			cmp.Compare(healthRank(a.State), healthRank(b.State)),
+			cmp.Compare(healthRank(a), healthRank(b)),
+			cmp.Compare(stateRank(a.State), stateRank(b.State)),
 			cmp.Compare(a.Tenant, b.Tenant),
 			cmp.Compare(a.ID, b.ID),
 		)
@@ -162,6 +188,9 @@ func (s *server) listHealth(w http.ResponseWriter, r *http.Request, c *call) err
 	for _, a := range as {
 		h := AgentHealth(a, c.now, window)
 		out.Counts[h.State]++
+		if h.Drift > 0 {
+			out.Drifted++
+		}
 		out.Agents = append(out.Agents, h)
 	}
 	SortHealth(out.Agents)
@@ -192,7 +221,10 @@ func (s *server) agentHealthEvents(w http.ResponseWriter, r *http.Request, c *ca
 	}
 	out := apiv1.HealthEventList{Tenant: k.Tenant, Agent: k.ID, Events: make([]apiv1.HealthEvent, 0, len(es))}
 	for _, e := range es {
-		out.Events = append(out.Events, apiv1.HealthEvent{At: e.At.UTC(), Component: e.Component, Status: ComponentStatus(e.Status), Message: e.Message})
+		out.Events = append(out.Events, apiv1.HealthEvent{
+			At: e.At.UTC(), Component: e.Component, Status: ComponentStatus(e.Status), Message: e.Message,
+			Drift: e.Drift, DriftDetail: e.DriftDetail,
+		})
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

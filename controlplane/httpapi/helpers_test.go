@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"attache.dev/attache/controlplane/plans"
 	"attache.dev/attache/controlplane/store"
 	"attache.dev/attache/internal/auditlog"
+	"attache.dev/attache/internal/sign"
 )
 
 var (
@@ -74,7 +76,15 @@ type env struct {
 	admin    string
 	operator string
 	auditor  string
+	nudges   nudgeCounter
+	// releaseKey is the release key the trust root lists.
+	releaseKey *sign.Signer
 }
+
+// nudgeCounter counts the API's nudges of the rollout driver.
+type nudgeCounter struct{ n atomic.Int64 }
+
+func (c *nudgeCounter) Nudge() { c.n.Add(1) }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
@@ -91,6 +101,13 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatalf("keys: %v", err)
 	}
+	pemKey, err := os.ReadFile(filepath.Join(dir, "keys", keys.ReleaseKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.releaseKey, err = sign.ParsePKCS8PEM(pemKey); err != nil {
+		t.Fatal(err)
+	}
 	logger := slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	h, err := httpapi.New(httpapi.Config{
 		Store:           st,
@@ -102,6 +119,8 @@ func newEnv(t *testing.T) *env {
 		Now:             e.clock.Now,
 		Plans: plans.New(plans.Config{Store: st, Keys: func() *keys.Material { return e.keys },
 			Logger: logger, Now: e.clock.Now}),
+		ReleaseRoot: func() *sign.Root { return e.keys.Root },
+		Rollouts:    &e.nudges,
 	})
 	if err != nil {
 		t.Fatalf("httpapi.New: %v", err)

@@ -19,6 +19,7 @@ import (
 	"attache.dev/attache/controlplane/httpapi/apiv1"
 	"attache.dev/attache/controlplane/plans"
 	"attache.dev/attache/controlplane/store"
+	"attache.dev/attache/internal/sign"
 )
 
 // Defaults and limits.
@@ -56,6 +57,15 @@ type Config struct {
 	// Metrics, when set, is served at GET /metrics to any API token
 	// (Prometheus scrapers use an auditor token); nil leaves the route out.
 	Metrics http.Handler
+	// ReleaseRoot returns the current trust root, whose releases role
+	// pushed releases must be signed by; a function, so rotations are
+	// picked up. nil leaves out POST /v1/releases and, with Plans, the
+	// flag changes (which re-render the tenant's release).
+	ReleaseRoot func() *sign.Root
+	// Rollouts is told when a rollout starts or an operator changes one or
+	// the freeze, so it acts at once rather than at its next tick; nil:
+	// nobody to tell.
+	Rollouts interface{ Nudge() }
 }
 
 // ConnectedWindow is how recently a connected agent must have been seen to
@@ -147,6 +157,28 @@ func New(cfg Config) (http.Handler, error) {
 		s.handle(mux, "GET /v1/plans", route{action: "plan.list", roles: all, h: s.listPlans})
 		s.handle(mux, "GET /v1/plans/{id}", route{action: "plan.get", roles: all, h: s.getPlan})
 	}
+
+	// Releases, tenants' rollout settings and flags, rollouts, the freeze.
+	s.handle(mux, "PATCH /v1/tenants/{name}", route{action: "tenant.update", roles: mutators, h: s.updateTenant})
+	s.handle(mux, "GET /v1/releases", route{action: "release.list", roles: all, h: s.listReleases})
+	s.handle(mux, "GET /v1/releases/{version}", route{action: "release.get", roles: all, h: s.getRelease})
+	s.handle(mux, "GET /v1/tenants/{name}/flags", route{action: "flag.list", roles: all, h: s.getTenantFlags})
+	if cfg.ReleaseRoot != nil {
+		s.handle(mux, "POST /v1/releases", route{action: "release.push", roles: mutators, h: s.pushRelease})
+		if cfg.Plans != nil {
+			s.handle(mux, "PUT /v1/tenants/{name}/flags", route{action: "flag.set", roles: mutators, h: s.setTenantFlags})
+			s.handle(mux, "POST /v1/rollouts/{id}/flags", route{action: "flag.set", roles: mutators, h: s.rolloutFlags})
+		}
+	}
+	s.handle(mux, "POST /v1/rollouts", route{action: "rollout.start", roles: mutators, h: s.startRollout})
+	s.handle(mux, "GET /v1/rollouts", route{action: "rollout.list", roles: all, h: s.listRollouts})
+	s.handle(mux, "GET /v1/rollouts/{id}", route{action: "rollout.get", roles: all, h: s.getRollout})
+	s.handle(mux, "POST /v1/rollouts/{id}/pause", route{action: "rollout.pause", roles: mutators, h: s.controlRollout(store.ControlPause, "paused")})
+	s.handle(mux, "POST /v1/rollouts/{id}/resume", route{action: "rollout.resume", roles: mutators, h: s.controlRollout(store.ControlRun, "resumed")})
+	s.handle(mux, "POST /v1/rollouts/{id}/abort", route{action: "rollout.abort", roles: mutators, h: s.controlRollout(store.ControlAbort, "aborted")})
+	s.handle(mux, "GET /v1/freeze", route{action: "fleet.freeze_status", roles: all, h: s.getFreeze})
+	s.handle(mux, "POST /v1/freeze", route{action: "fleet.freeze", roles: mutators, h: s.freeze})
+	s.handle(mux, "DELETE /v1/freeze", route{action: "fleet.unfreeze", roles: mutators, h: s.unfreeze})
 	return &jsonMux{mux: mux}, nil
 }
 

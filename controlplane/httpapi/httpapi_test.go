@@ -156,6 +156,22 @@ func TestRoleMatrix(t *testing.T) {
 		{"GET", "/v1/usage?tenant=acme", "usage.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
 		{"GET", "/v1/health", "health.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
 		{"GET", "/v1/agents/acme/a1/health", "agent.health", nil, want{"admin": 404, "operator": 404, "auditor": 404}},
+		{"PATCH", "/v1/tenants/acme", "tenant.update", func(string) string { return `{"tier":"silo"}` }, want{"admin": 200, "operator": 200}},
+		{"POST", "/v1/releases", "release.push", func(string) string { return `{"envelope":{}}` }, want{"admin": 400, "operator": 400}},
+		{"GET", "/v1/releases", "release.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
+		{"GET", "/v1/releases/1.0.0", "release.get", nil, want{"admin": 404, "operator": 404, "auditor": 404}},
+		{"GET", "/v1/tenants/acme/flags", "flag.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
+		{"PUT", "/v1/tenants/acme/flags", "flag.set", func(string) string { return `{"set":{"a":"b"}}` }, want{"admin": 200, "operator": 200}},
+		{"POST", "/v1/rollouts/ro-x/flags", "flag.set", func(string) string { return `{"wave":0,"set":{"a":"b"}}` }, want{"admin": 404, "operator": 404}},
+		{"POST", "/v1/rollouts", "rollout.start", func(string) string { return `{"release":"1.0.0","selector":"all","waves":"100%"}` }, want{"admin": 404, "operator": 404}},
+		{"GET", "/v1/rollouts", "rollout.list", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
+		{"GET", "/v1/rollouts/ro-x", "rollout.get", nil, want{"admin": 404, "operator": 404, "auditor": 404}},
+		{"POST", "/v1/rollouts/ro-x/pause", "rollout.pause", nil, want{"admin": 404, "operator": 404}},
+		{"POST", "/v1/rollouts/ro-x/resume", "rollout.resume", nil, want{"admin": 404, "operator": 404}},
+		{"POST", "/v1/rollouts/ro-x/abort", "rollout.abort", nil, want{"admin": 404, "operator": 404}},
+		{"GET", "/v1/freeze", "fleet.freeze_status", nil, want{"admin": 200, "operator": 200, "auditor": 200}},
+		{"POST", "/v1/freeze", "fleet.freeze", func(string) string { return `{"reason":"drill"}` }, want{"admin": 200, "operator": 200}},
+		{"DELETE", "/v1/freeze", "fleet.unfreeze", nil, want{"admin": 200, "operator": 200}},
 	} {
 		for _, role := range []string{"admin", "operator", "auditor"} {
 			t.Run(rt.action+"/"+role, func(t *testing.T) {

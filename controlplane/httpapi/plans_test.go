@@ -98,7 +98,8 @@ func TestPlanSubmit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := &planverify.Verifier{Root: e.keys.Root, Self: spiffeid.RequireFromString("spiffe://attache.test/tenant/acme/agent/a1"), Now: e.clock.Now}
+	// An ad hoc plan (no release): the agent takes it only when allowed to.
+	v := &planverify.Verifier{Root: e.keys.Root, Self: spiffeid.RequireFromString("spiffe://attache.test/tenant/acme/agent/a1"), Now: e.clock.Now, AllowUnreleased: true}
 	if got, err := v.Verify(context.Background(), stored.Envelope); err != nil || got.GetPlanId() != p.ID {
 		t.Fatalf("agent refuses the submitted plan: %v", err)
 	}

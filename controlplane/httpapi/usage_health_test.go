@@ -151,6 +151,12 @@ func comp(name string, st agentv1.HealthStatus, msg string) *agentv1.ComponentHe
 	return &agentv1.ComponentHealth{Name: name, Status: st, Message: msg}
 }
 
+// drifted marks c as drifted.
+func drifted(c *agentv1.ComponentHealth, detail string) *agentv1.ComponentHealth {
+	c.Drift, c.DriftDetail = true, detail
+	return c
+}
+
 // connect records an open session and a heartbeat with the given health,
 // as the agent API does.
 func (e *env) connect(tenant, id string, at time.Time, health []byte) {
@@ -176,7 +182,7 @@ func TestFleetHealth(t *testing.T) {
 	for _, n := range []string{"acme", "globex", "initech"} {
 		e.do("POST", "/v1/tenants", e.admin, `{"name":"`+n+`"}`).wantStatus(http.StatusCreated)
 	}
-	for _, a := range []string{"a-healthy", "a-sick", "a-slow", "a-new", "a-gone", "a-odd"} {
+	for _, a := range []string{"a-healthy", "a-sick", "a-slow", "a-new", "a-gone", "a-odd", "a-drift", "a-shift"} {
 		e.enroll("acme", a)
 	}
 	e.enroll("globex", "g-stale")
@@ -188,8 +194,15 @@ func TestFleetHealth(t *testing.T) {
 	e.connect("acme", "a-slow", now, healthJSON(t, comp("spool", degraded, "back-pressure")))
 	// A component without a status (protojson leaves it out) or with one
 	// this version does not know counts as degraded.
-	e.connect("acme", "a-odd", now, []byte(`[{"name":"x"},{"name":"y","status":42},{"name":"z","status":"HEALTH_STATUS_HEALTHY"}]`))
-	e.connect("acme", "a-gone", now, healthJSON(t, comp("agent", unhealthy, "")))
+	// A drift detail without drift means nothing.
+	e.connect("acme", "a-odd", now, []byte(`[{"name":"x"},{"name":"y","status":42},{"name":"z","status":"HEALTH_STATUS_HEALTHY","driftDetail":"stray"}]`))
+	// Drift does not change the state; agents that report it come right
+	// after the silent ones.
+	e.connect("acme", "a-drift", now, healthJSON(t, comp("agent", healthy, ""),
+		drifted(comp("provider/kubernetes/app", healthy, "3/3 ready"), "replicas: plan 3, live 5 \x1b[31m")))
+	e.connect("acme", "a-shift", now, healthJSON(t, comp("spool", degraded, "back-pressure"),
+		drifted(comp("provider/kubernetes/cfg", healthy, ""), "configmap app-config edited"), drifted(comp("provider/kubernetes/db", degraded, "slow"), "")))
+	e.connect("acme", "a-gone", now, healthJSON(t, comp("agent", unhealthy, ""), drifted(comp("app", healthy, ""), "gone")))
 	if _, err := e.store.RevokeAgent(context.Background(), store.AgentKey{Tenant: "acme", ID: "a-gone"}, "test", now,
 		auditlog.Entry{Actor: "test", Role: "admin", Action: "agent.revoke", Tenant: "acme", Target: "a-gone", Outcome: auditlog.OutcomeSuccess}); err != nil {
 		t.Fatal(err)
@@ -209,6 +222,8 @@ func TestFleetHealth(t *testing.T) {
 		"unhealthy acme/a-sick",
 		"silent acme/a-new",
 		"silent globex/g-stale",
+		"degraded acme/a-shift",
+		"healthy acme/a-drift",
 		"degraded acme/a-odd",
 		"degraded acme/a-slow",
 		"healthy acme/a-healthy",
@@ -218,9 +233,9 @@ func TestFleetHealth(t *testing.T) {
 	if !slices.Equal(order, wantOrder) {
 		t.Fatalf("order:\n%s\nwant:\n%s", strings.Join(order, "\n"), strings.Join(wantOrder, "\n"))
 	}
-	wantCounts := map[string]int{"unhealthy": 1, "silent": 2, "degraded": 2, "healthy": 2, "revoked": 1}
-	if fmt.Sprint(l.Counts) != fmt.Sprint(wantCounts) {
-		t.Fatalf("counts = %v, want %v", l.Counts, wantCounts)
+	wantCounts := map[string]int{"unhealthy": 1, "silent": 2, "degraded": 3, "healthy": 3, "revoked": 1}
+	if fmt.Sprint(l.Counts) != fmt.Sprint(wantCounts) || l.Drifted != 2 {
+		t.Fatalf("counts = %v, drifted %d; want %v, drifted 2", l.Counts, l.Drifted, wantCounts)
 	}
 	sick := l.Agents[0]
 	if !sick.Connected || sick.Components != 3 || sick.Version != "1.0.a-sick" || sick.LastSeenAt == nil || !sick.LastSeenAt.Equal(now) ||
@@ -235,11 +250,28 @@ func TestFleetHealth(t *testing.T) {
 	if a := l.Agents[2]; a.Connected || len(a.Problems) != 1 || a.Problems[0].Message != "old news" {
 		t.Fatalf("stale agent = %+v (last known problems are kept)", a)
 	}
-	if a := l.Agents[3]; len(a.Problems) != 2 || a.Problems[0].Status != "unspecified" || a.Problems[1].Status != "unknown" || a.Components != 3 {
+	if a := l.Agents[3]; a.Drift != 2 || a.Components != 3 || len(a.Problems) != 3 ||
+		a.Problems[0] != (apiv1.HealthProblem{Name: "spool", Status: "degraded", Message: "back-pressure"}) ||
+		a.Problems[1] != (apiv1.HealthProblem{Name: "provider/kubernetes/cfg", Status: "healthy", Drift: true, DriftDetail: "configmap app-config edited"}) ||
+		a.Problems[2] != (apiv1.HealthProblem{Name: "provider/kubernetes/db", Status: "degraded", Message: "slow", Drift: true}) {
+		t.Fatalf("degraded agent with drift = %+v", a)
+	}
+	if a := l.Agents[4]; a.State != "healthy" || a.Drift != 1 || len(a.Problems) != 1 ||
+		a.Problems[0] != (apiv1.HealthProblem{Name: "provider/kubernetes/app", Status: "healthy", Message: "3/3 ready", Drift: true, DriftDetail: "replicas: plan 3, live 5 \x1b[31m"}) {
+		t.Fatalf("healthy agent with drift = %+v", a)
+	}
+	if a := l.Agents[5]; len(a.Problems) != 2 || a.Problems[0].Status != "unspecified" || a.Problems[1].Status != "unknown" || a.Components != 3 || a.Drift != 0 {
 		t.Fatalf("odd agent = %+v", a)
 	}
-	if a := l.Agents[7]; a.Problems != nil || a.Connected {
+	if a := l.Agents[9]; a.Problems != nil || a.Connected || a.Drift != 0 {
 		t.Fatalf("revoked agent = %+v", a)
+	}
+	for _, a := range l.Agents {
+		if a.ID == "a-sick" || a.ID == "a-healthy" {
+			if a.Drift != 0 {
+				t.Fatalf("agent without drift = %+v", a)
+			}
+		}
 	}
 
 	// One tenant.
@@ -257,8 +289,8 @@ func TestFleetHealth(t *testing.T) {
 	// Time passes without heartbeats: every connected agent goes silent.
 	e.clock.Advance(httpapi.ConnectedWindow(0) + time.Second)
 	mustUnmarshal(t, e.do("GET", "/v1/health", e.admin, "").wantStatus(http.StatusOK).raw, &l)
-	if l.Counts["silent"] != 7 || l.Counts["revoked"] != 1 {
-		t.Fatalf("after the window: %v", l.Counts)
+	if l.Counts["silent"] != 9 || l.Counts["revoked"] != 1 || l.Drifted != 2 {
+		t.Fatalf("after the window: %v, drifted %d (silent agents keep their drift)", l.Counts, l.Drifted)
 	}
 }
 
@@ -299,6 +331,25 @@ func TestAgentHealthEvents(t *testing.T) {
 	e.enroll("acme", "a2")
 	if r := e.do("GET", "/v1/agents/acme/a2/health", e.admin, "").wantStatus(http.StatusOK); !strings.Contains(string(r.raw), `"events":[]`) {
 		t.Fatalf("no events: %s", r.raw)
+	}
+
+	// A change of drift is an event that shows it.
+	for i, d := range []string{"replicas: plan 3, live 5", ""} {
+		cs := []store.ComponentState{{Name: "spool", Status: "healthy", Drift: d != "", DriftDetail: d}}
+		if err := e.store.RecordHealth(context.Background(), k, t0.Add(time.Duration(4+i)*time.Minute), cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := e.do("GET", "/v1/agents/acme/a1/health?limit=2", e.auditor, "").wantStatus(http.StatusOK)
+	var dl apiv1.HealthEventList
+	mustUnmarshal(t, r.raw, &dl)
+	if len(dl.Events) != 2 ||
+		dl.Events[0] != (apiv1.HealthEvent{At: t0.Add(5 * time.Minute).UTC(), Component: "spool", Status: "healthy"}) ||
+		dl.Events[1] != (apiv1.HealthEvent{At: t0.Add(4 * time.Minute).UTC(), Component: "spool", Status: "healthy", Drift: true, DriftDetail: "replicas: plan 3, live 5"}) {
+		t.Fatalf("drift events: %+v", dl.Events)
+	}
+	if !strings.Contains(string(r.raw), `"drift":true,"drift_detail":"replicas: plan 3, live 5"`) || !strings.Contains(string(r.raw), `"drift":false`) {
+		t.Fatalf("drift events JSON: %s", r.raw)
 	}
 }
 

@@ -7,8 +7,12 @@
 //
 //	root.key       PKCS#8 PEM ed25519 key of the root role
 //	plans.key      PKCS#8 PEM ed25519 key of the plans role
-//	release.key    PKCS#8 PEM ed25519 key of the releases role (a placeholder
-//	               until the vendor's CI holds it; only its public half is used)
+//	release.key    PKCS#8 PEM ed25519 key of the releases role: a placeholder
+//	               created on first start, only its public half is used; it
+//	               is retired by TrustReleaseKey (`attache-controlplane keys
+//	               trust-release-key`), after which the releases role lists
+//	               the vendor's own release key and the control plane holds
+//	               no release private key
 //	root.json      the current DSSE-signed trust root (sign.Root) listing those keys
 //	roots/<v>.json every version of the trust root, root.json included
 //	retired/<role>-<keyid>.key
@@ -29,11 +33,17 @@
 //  4. renames <role>.key to retired/<role>-<old keyid>.key;
 //  5. renames <role>.key.next to <role>.key.
 //
+// Trusting the vendor's release key (TrustReleaseKey) writes
+// roots/<v+1>.json, then root.json (the commit point), then moves
+// release.key to retired/releases-<old keyid>.key.
+//
 // Every load first finishes or undoes a rotation interrupted by a crash: a
 // <role>.key.next whose key root.json lists for that role is a committed
 // rotation, and steps 4 and 5 are completed; any other <role>.key.next is an
 // uncommitted one, and it is deleted together with roots/ files newer than
-// root.json. Nothing an agent could have seen is lost either way: roots are
+// root.json. A release.key that root.json no longer lists but the version
+// before it did is the placeholder of a committed TrustReleaseKey, and is
+// retired. Nothing an agent could have seen is lost either way: roots are
 // only sent to agents from root.json and older.
 //
 // Imported by the control plane only.
@@ -79,9 +89,13 @@ const RootLifetime = 365 * 24 * time.Hour
 
 // Material is the control plane's key material.
 type Material struct {
-	RootSigner   *sign.Signer
-	PlanSigner   *sign.Signer
-	ReleaseKey   sign.Key // public half only; generated placeholder key pair whose private half is written to release.key for now (the vendor's CI will own it later)
+	RootSigner *sign.Signer
+	PlanSigner *sign.Signer
+	// ReleaseKey is the public key of the releases role (its first key):
+	// the placeholder in release.key, or, after TrustReleaseKey, the
+	// vendor's release key, whose private half the control plane never
+	// holds.
+	ReleaseKey   sign.Key
 	Root         *sign.Root
 	RootEnvelope []byte
 
@@ -202,8 +216,13 @@ func open(ctx context.Context, dir, trustDomain string, now time.Time, o openOpt
 	return openLocked(ctx, dir, trustDomain, now, o)
 }
 
-// keyFiles are the files a data directory with key material holds.
-var keyFiles = []string{RootKeyFile, PlansKeyFile, ReleaseKeyFile, RootFile}
+// keyFiles are the files a data directory with key material holds;
+// requiredFiles those it must hold (release.key is gone once the vendor's
+// release key is trusted).
+var (
+	keyFiles      = []string{RootKeyFile, PlansKeyFile, ReleaseKeyFile, RootFile}
+	requiredFiles = []string{RootKeyFile, PlansKeyFile, RootFile}
+)
 
 // checkExisting refuses, before anything is written there (not even the
 // lock file), a directory that does not exist or holds none of keyFiles.
@@ -225,6 +244,9 @@ func openLocked(ctx context.Context, dir, trustDomain string, now time.Time, o o
 	if err := recoverRotation(ctx, dir); err != nil {
 		return nil, err
 	}
+	if err := recoverReleaseTrust(ctx, dir); err != nil {
+		return nil, err
+	}
 	var present, missing []string
 	for _, name := range keyFiles {
 		_, err := os.Lstat(filepath.Join(dir, name))
@@ -232,7 +254,9 @@ func openLocked(ctx context.Context, dir, trustDomain string, now time.Time, o o
 		case err == nil:
 			present = append(present, name)
 		case errors.Is(err, fs.ErrNotExist):
-			missing = append(missing, name)
+			if slices.Contains(requiredFiles, name) {
+				missing = append(missing, name)
+			}
 		default:
 			return nil, fmt.Errorf("keys: %w", err)
 		}
@@ -316,7 +340,12 @@ func load(ctx context.Context, dir, trustDomain string, now time.Time, allowExpi
 	if err != nil {
 		return nil, err
 	}
+	// release.key is optional: the placeholder, until the vendor's release
+	// key is trusted.
 	relS, err := loadKey(dir, ReleaseKeyFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		relS, err = nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -344,6 +373,9 @@ func load(ctx context.Context, dir, trustDomain string, now time.Time, allowExpi
 		{sign.RolePlans, PlansKeyFile, planS},
 		{sign.RoleReleases, ReleaseKeyFile, relS},
 	} {
+		if c.s == nil {
+			continue
+		}
 		if !slices.Contains(root.Roles[c.role].KeyIDs, c.s.KeyID()) {
 			errs = append(errs, fmt.Errorf("%s role does not list the key in %s (%s)", c.role, c.file, c.s.KeyID()))
 		}
@@ -364,7 +396,7 @@ func load(ctx context.Context, dir, trustDomain string, now time.Time, allowExpi
 	return &Material{
 		RootSigner:   rootS,
 		PlanSigner:   planS,
-		ReleaseKey:   relS.PublicKey(),
+		ReleaseKey:   root.Keys[root.Roles[sign.RoleReleases].KeyIDs[0]],
 		Root:         root,
 		RootEnvelope: env,
 		chain:        chain,

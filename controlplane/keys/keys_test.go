@@ -128,8 +128,13 @@ func TestLoadRefuses(t *testing.T) {
 		{"trust domain mismatch", nil, "other.org", time.Time{}, `is for trust domain "example.org", but the control plane is configured for "other.org"`},
 		{"expired root", nil, "", testNow.Add(400 * 24 * time.Hour), "trust root expired at"},
 		{"missing key file", func(t *testing.T, dir string) {
-			os.Remove(filepath.Join(dir, ReleaseKeyFile))
-		}, "", time.Time{}, "but not release.key"},
+			os.Remove(filepath.Join(dir, PlansKeyFile))
+		}, "", time.Time{}, "but not plans.key"},
+		{"release key swapped", func(t *testing.T, dir string) {
+			s, _ := sign.GenerateSigner()
+			pemBytes, _ := s.MarshalPKCS8PEM()
+			os.WriteFile(filepath.Join(dir, ReleaseKeyFile), pemBytes, 0o600)
+		}, "", time.Time{}, "releases role does not list the key in release.key"},
 		{"missing root.json", func(t *testing.T, dir string) {
 			os.Remove(filepath.Join(dir, RootFile))
 		}, "", time.Time{}, "but not root.json"},

@@ -2,6 +2,7 @@ package keys
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -317,6 +318,153 @@ func removeTemps(dir string) error {
 				return fmt.Errorf("keys: remove temporary file: %w", err)
 			}
 		}
+	}
+	return nil
+}
+
+// TrustReleaseKey makes key, the vendor's release key (its private half
+// stays in the vendor's CI), the only key of the releases role: it writes a
+// new root, version+1, expiring RootLifetime after now, whose releases role
+// lists exactly key (threshold 1), signed by the root key, and then moves
+// the placeholder release.key, if present, to retired/releases-<keyid>.key,
+// so that the control plane holds no release private key. From then on
+// agents accept only releases signed by key, and a control plane whose keys
+// are stolen cannot sign one.
+//
+// It refuses a key that is not ed25519, that is one of the control plane's
+// own root or plans keys, or that is already the only releases key. The
+// order of writes (roots/<v+1>.json, root.json, then the retirement) is
+// crash-safe: a load after a crash between the last two retires the
+// placeholder (see the package documentation). Otherwise as RotatePlans.
+func TrustReleaseKey(ctx context.Context, dir, trustDomain string, now time.Time, key sign.Key) (*Material, error) {
+	if err := checkTrustDomain(trustDomain); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if key.Type != sign.KeyTypeEd25519 || len(key.Public) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("keys: release key: want an %s public key of %d bytes, got type %.32q of %d bytes",
+			sign.KeyTypeEd25519, ed25519.PublicKeySize, key.Type, len(key.Public))
+	}
+	id := sign.KeyID(key)
+	if err := checkExisting(dir); err != nil {
+		return nil, err
+	}
+	unlock, err := lockDir(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	cur, err := openLocked(ctx, dir, trustDomain, now, openOpts{allowExpired: true})
+	if err != nil {
+		return nil, err
+	}
+	for _, role := range []string{sign.RoleRoot, sign.RolePlans} {
+		if slices.Contains(cur.Root.Roles[role].KeyIDs, id) {
+			return nil, fmt.Errorf("keys: release key %s is this control plane's %s key; the release key must be one the control plane does not hold (generate it with `attache release keygen`)", id, role)
+		}
+	}
+	if rk := cur.Root.Roles[sign.RoleReleases]; slices.Equal(rk.KeyIDs, []string{id}) {
+		return nil, fmt.Errorf("keys: release key %s is already the only releases key (trust root version %d); nothing to do", id, cur.Root.Version)
+	}
+
+	next := cloneRoot(cur.Root)
+	next.Version++
+	next.Expires = now.Add(RootLifetime).UTC().Truncate(time.Second)
+	next.Keys[id] = sign.Key{Type: key.Type, Public: slices.Clone(key.Public)}
+	next.Roles[sign.RoleReleases] = sign.RoleKeys{KeyIDs: []string{id}, Threshold: 1}
+	for _, old := range cur.Root.Roles[sign.RoleReleases].KeyIDs {
+		if !listedByAnyRole(next, old) {
+			delete(next.Keys, old)
+		}
+	}
+	env, err := sign.SignRoot(ctx, next, cur.RootSigner)
+	if err != nil {
+		return nil, fmt.Errorf("keys: sign version %d of the trust root: %w", next.Version, err)
+	}
+	if _, err := sign.VerifyRootUpdate(ctx, cur.Root, env, now); err != nil {
+		return nil, fmt.Errorf("keys: the new trust root (version %d) does not verify as an update of version %d; nothing was changed: %w",
+			next.Version, cur.Root.Version, err)
+	}
+
+	placeholder := filepath.Join(dir, ReleaseKeyFile)
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		// roots/ files newer than root.json were never committed (a crash
+		// of an earlier TrustReleaseKey); the new one replaces them.
+		{stepHistory, func() error {
+			if err := removeHistoryAfter(dir, cur.Root.Version); err != nil {
+				return err
+			}
+			return writeHistory(dir, next.Version, env)
+		}},
+		{stepRoot, func() error { return securefile.Write(filepath.Join(dir, RootFile), env) }},
+		{stepRetired, func() error {
+			s, err := loadKey(dir, ReleaseKeyFile)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				return nil
+			case err != nil:
+				return err
+			}
+			return retire(dir, sign.RoleReleases, placeholder, s.KeyID())
+		}},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			return nil, fmt.Errorf("keys: trust the release key: %w", err)
+		}
+		if crashHook != nil {
+			if err := crashHook(st.name); err != nil {
+				return nil, err
+			}
+		}
+	}
+	m, err := openLocked(ctx, dir, trustDomain, now, openOpts{})
+	if err != nil {
+		return nil, fmt.Errorf("keys: trusted the release key, but loading the result failed: %w", err)
+	}
+	return m, nil
+}
+
+// recoverReleaseTrust retires a release.key left behind by a
+// TrustReleaseKey that committed (root.json no longer lists the key in its
+// releases role, the version before it did) but crashed before retiring
+// it. Anything else it leaves to load, which refuses a release.key that
+// root.json does not list. The caller holds the lock.
+func recoverReleaseTrust(ctx context.Context, dir string) error {
+	path := filepath.Join(dir, ReleaseKeyFile)
+	if ok, err := securefile.Exists(path); err != nil || !ok {
+		return err
+	}
+	s, err := loadKey(dir, ReleaseKeyFile)
+	if err != nil {
+		return nil
+	}
+	env, err := securefile.ReadPublic(filepath.Join(dir, RootFile))
+	if err != nil {
+		return nil
+	}
+	root, err := verifyRootAnyTime(ctx, env)
+	if err != nil || slices.Contains(root.Roles[sign.RoleReleases].KeyIDs, s.KeyID()) || root.Version < 2 {
+		return nil
+	}
+	prevEnv, err := securefile.ReadPublic(historyPath(dir, root.Version-1))
+	if err != nil {
+		return nil
+	}
+	prev, err := verifyRootAnyTime(ctx, prevEnv)
+	if err != nil || !slices.Contains(prev.Roles[sign.RoleReleases].KeyIDs, s.KeyID()) {
+		return nil
+	}
+	if _, err := verifyUpdateAnyTime(ctx, prev, env); err != nil {
+		return nil
+	}
+	if err := retire(dir, sign.RoleReleases, path, s.KeyID()); err != nil {
+		return fmt.Errorf("keys: finish trusting the release key: %w", err)
 	}
 	return nil
 }

@@ -1,7 +1,9 @@
 // Package opscli is the `attache` command line: vendor ops (tenants, join
 // tokens, agents and their health, per-tenant usage, signed deployment
-// plans, API tokens) and compliance reviewers (audit log, export, offline
-// verification) talk to the control plane's ops API through it.
+// plans, signed releases and their rollouts in waves, feature flags, the
+// fleet-wide freeze, API tokens) and compliance reviewers (audit log,
+// export, offline verification) talk to the control plane's ops API
+// through it.
 // NewRootCommand builds the whole command tree so tests can run it
 // in-process.
 //
@@ -54,9 +56,10 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		Short: "Operate an Attaché control plane and verify its audit trail",
 		Long: `attache talks to an Attaché control plane's ops API: register tenants, mint
 join tokens for their agents, watch and revoke agents, submit signed
-deployment plans and follow them, manage API tokens, and read, export and
-verify the tamper-evident audit trail, see which agents are unhealthy or silent
-and what usage each tenant reported.
+deployment plans and follow them, push signed releases and roll them out in
+waves, set tenants' feature flags, freeze the fleet in an incident, manage
+API tokens, and read, export and verify the tamper-evident audit trail, see
+which agents are unhealthy or silent and what usage each tenant reported.
 
 Authenticate with an API token (--token, --token-file, or the ATTACHE_TOKEN /
 ATTACHE_TOKEN_FILE environment variables). The control plane writes the first
@@ -67,6 +70,8 @@ admin token to its data directory when it starts on an empty store.`,
   attache token create --tenant acme --ttl 2h
   attache agent list --tenant acme
   attache plan submit --tenant acme install.yaml --wait
+  attache release push release.signed.json
+  attache rollout start --release 1.5.0 --selector all --waves canary:2,10%,50%,100% --bake 10m --watch
   attache health
   attache usage show --tenant acme --from -7d
   attache audit verify`,
@@ -103,6 +108,11 @@ admin token to its data directory when it starts on an empty store.`,
 		newAuditCommand(g),
 		newUsageCommand(g),
 		newHealthCommand(g),
+		newReleaseCommand(g),
+		newRolloutCommand(g),
+		newFlagCommand(g),
+		newFreezeCommand(g),
+		newUnfreezeCommand(g),
 	)
 	return root
 }

@@ -148,12 +148,17 @@ func TestHealth(t *testing.T) {
 	}
 	ok := agent(t, srv, "acme", "a-ok")
 	sick := agent(t, srv, "acme", "a-sick")
+	drifting := agent(t, srv, "acme", "a-drift")
 	enrollAgent(t, srv, "globex", "g-new")
 	connect(ok, healthJSON(t, &agentv1.ComponentHealth{Name: "agent", Status: agentv1.HealthStatus_HEALTH_STATUS_HEALTHY}))
 	connect(sick, healthJSON(t,
 		&agentv1.ComponentHealth{Name: "agent", Status: agentv1.HealthStatus_HEALTH_STATUS_HEALTHY},
 		&agentv1.ComponentHealth{Name: "provider/pg", Status: agentv1.HealthStatus_HEALTH_STATUS_UNHEALTHY, Message: "down \x1b[2J\x1b]0;pwned\x07 now"},
-		&agentv1.ComponentHealth{Name: "spool", Status: agentv1.HealthStatus_HEALTH_STATUS_DEGRADED, Message: "back-pressure"},
+		&agentv1.ComponentHealth{Name: "spool", Status: agentv1.HealthStatus_HEALTH_STATUS_DEGRADED, Message: "back-pressure", Drift: true, DriftDetail: "size: plan 1Gi, live 2Gi"},
+	))
+	connect(drifting, healthJSON(t,
+		&agentv1.ComponentHealth{Name: "agent", Status: agentv1.HealthStatus_HEALTH_STATUS_HEALTHY},
+		&agentv1.ComponentHealth{Name: "provider/kubernetes/app", Status: agentv1.HealthStatus_HEALTH_STATUS_HEALTHY, Drift: true, DriftDetail: "replicas: plan 3, live 5\x1b[31m"},
 	))
 
 	out, errOut, err := admin.run("health")
@@ -164,25 +169,33 @@ func TestHealth(t *testing.T) {
 		t.Fatalf("terminal control characters reached the output: %q", out)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "TENANT AGENT STATE LAST-SEEN VERSION PROBLEMS" {
+	if len(lines) != 5 || strings.Join(strings.Fields(lines[0]), " ") != "TENANT AGENT STATE LAST-SEEN VERSION DRIFT PROBLEMS" {
 		t.Fatalf("health:\n%s", out)
 	}
-	for i, prefix := range []string{"acme a-sick unhealthy", "globex g-new silent never -", "acme a-ok healthy"} {
+	// Agents with drift come right after the unhealthy and silent ones.
+	for i, prefix := range []string{"acme a-sick unhealthy", "globex g-new silent never - - -", "acme a-drift healthy", "acme a-ok healthy"} {
 		if got := strings.Join(strings.Fields(lines[i+1]), " "); !strings.HasPrefix(got, prefix) {
 			t.Fatalf("line %d = %q, want prefix %q\n%s", i+1, got, prefix, out)
 		}
 	}
-	if !strings.Contains(lines[1], "provider/pg: unhealthy (down \uFFFD[2J\uFFFD]0;pwned\uFFFD now); spool: degraded (back-pressure)") ||
-		!strings.Contains(lines[1], "1.4.0") {
+	if !strings.Contains(lines[1], "provider/pg: unhealthy (down \uFFFD[2J\uFFFD]0;pwned\uFFFD now); spool: degraded (back-pressure), drift (size: plan 1Gi, live 2Gi)") ||
+		!strings.Contains(strings.Join(strings.Fields(lines[1]), " "), "1.4.0 1 provider/pg") {
 		t.Fatalf("problems: %q", lines[1])
 	}
-	if !strings.Contains(errOut, "3 agents: 1 unhealthy, 1 silent, 0 degraded, 1 healthy, 0 revoked") {
+	if !strings.HasSuffix(strings.Join(strings.Fields(lines[3]), " "), "1.4.0 1 provider/kubernetes/app: drift (replicas: plan 3, live 5\uFFFD[31m)") {
+		t.Fatalf("drift: %q", lines[3])
+	}
+	if !strings.HasSuffix(strings.Join(strings.Fields(lines[4]), " "), "1.4.0 - -") {
+		t.Fatalf("healthy agent: %q", lines[4])
+	}
+	if !strings.Contains(errOut, "4 agents: 1 unhealthy, 1 silent, 0 degraded, 2 healthy, 0 revoked; 2 with drift") {
 		t.Fatalf("stderr: %q", errOut)
 	}
 
 	var l apiv1.HealthList
 	mustJSON(t, admin.ok("health", "--tenant", "acme", "-o", "json"), &l)
-	if len(l.Agents) != 2 || l.Agents[0].ID != "a-sick" || l.Agents[0].Problems[0].Message != "down \x1b[2J\x1b]0;pwned\x07 now" {
+	if len(l.Agents) != 3 || l.Agents[0].ID != "a-sick" || l.Agents[0].Problems[0].Message != "down \x1b[2J\x1b]0;pwned\x07 now" ||
+		l.Drifted != 2 || l.Agents[1].ID != "a-drift" || l.Agents[1].Drift != 1 || l.Agents[1].Problems[0].DriftDetail != "replicas: plan 3, live 5\x1b[31m" {
 		t.Fatalf("json: %+v", l)
 	}
 
@@ -195,7 +208,7 @@ func TestHealth(t *testing.T) {
 	}
 	out = admin.ok("agent", "health", "acme/a-sick")
 	lines = strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "TIME COMPONENT STATUS MESSAGE" ||
+	if len(lines) != 4 || strings.Join(strings.Fields(lines[0]), " ") != "TIME COMPONENT STATUS MESSAGE DRIFT" || !strings.HasSuffix(lines[1], " -") ||
 		!strings.Contains(lines[1], "healthy") || !strings.Contains(lines[1], "try c\uFFFD[31m") || !strings.Contains(lines[2], "unhealthy") ||
 		strings.Contains(out, "\x1b") {
 		t.Fatalf("agent health:\n%s", out)
@@ -204,6 +217,21 @@ func TestHealth(t *testing.T) {
 	mustJSON(t, admin.ok("agent", "health", "acme/a-sick", "--limit", "1", "-o", "json"), &ev)
 	if len(ev.Events) != 1 || ev.Events[0].Message != "try c\x1b[31m" {
 		t.Fatalf("json: %+v", ev)
+	}
+	// Drift appearing is a change.
+	if err := srv.Store.RecordHealth(ctx, sick, now.Add(3*time.Minute),
+		[]store.ComponentState{{Name: "provider/pg", Status: "healthy", Drift: true, DriftDetail: "max_connections: plan 100, live 200\x1b[31m"}}); err != nil {
+		t.Fatal(err)
+	}
+	out = admin.ok("agent", "health", "acme/a-sick", "--limit", "1")
+	if lines = strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 ||
+		!strings.HasSuffix(strings.Join(strings.Fields(lines[1]), " "), "provider/pg healthy - yes (max_connections: plan 100, live 200\uFFFD[31m)") {
+		t.Fatalf("agent health with drift:\n%s", out)
+	}
+	var dev apiv1.HealthEventList
+	mustJSON(t, admin.ok("agent", "health", "acme/a-sick", "--limit", "1", "-o", "json"), &dev)
+	if len(dev.Events) != 1 || !dev.Events[0].Drift || dev.Events[0].DriftDetail != "max_connections: plan 100, live 200\x1b[31m" {
+		t.Fatalf("json: %+v", dev)
 	}
 	if _, _, err := admin.run("agent", "health", "acme/nope"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Fatalf("unknown agent: %v", err)

@@ -37,6 +37,7 @@ import (
 	"attache.dev/attache/internal/grpcx"
 	"attache.dev/attache/internal/identity"
 	"attache.dev/attache/internal/securefile"
+	"attache.dev/attache/internal/sign"
 	agentv1 "attache.dev/attache/protocol/gen/attache/agent/v1"
 )
 
@@ -178,6 +179,8 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (_ *Server
 		CAKeySHA256:       authority.KeySHA256,
 		TrustRootSHA256:   func() [32]byte { return holder.Current().RootHash() },
 		Plans:             s.plans,
+		ReleaseRoot:       func() *sign.Root { return holder.Current().Root },
+		Rollouts:          s.rollouts,
 		HeartbeatInterval: time.Duration(cfg.HeartbeatInterval),
 		Metrics:           metricsHandler,
 	})

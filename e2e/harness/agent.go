@@ -40,6 +40,11 @@ type AgentOptions struct {
 	// Env are extra NAME=value variables of the agent's environment (e.g.
 	// a secret a provider entry passes on with pass_env).
 	Env []string
+	// RequireRelease starts the agent without --allow-unreleased-plans, as
+	// in production: it then refuses plans that carry no release signed by
+	// the release key. By default the harness passes the flag, since most
+	// tests submit ad hoc plans.
+	RequireRelease bool
 }
 
 // Agent is an `attache-agent run` process.
@@ -73,6 +78,9 @@ func (e *Env) StartAgent(t testing.TB, opts AgentOptions) *Agent {
 	}
 	if opts.Config != "" {
 		args = append(args, "--config", opts.Config)
+	}
+	if !opts.RequireRelease {
+		args = append(args, "--allow-unreleased-plans")
 	}
 	args = append(args, opts.Args...)
 	return &Agent{

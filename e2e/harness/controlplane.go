@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -336,4 +337,46 @@ func decodeJSON(t testing.TB, s string, v any) {
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatalf("decode CLI JSON output: %v\n%s", err, s)
 	}
+}
+
+// StartReplica starts a second control plane that shares of's store (which
+// must be PostgreSQL) and a copy of its data directory (CA, keys, admin
+// token), on fresh ports, and waits until it is ready: two replicas of one
+// control plane, as an operator runs them behind a load balancer.
+func (e *Env) StartReplica(t testing.TB, of *ControlPlane) *ControlPlane {
+	t.Helper()
+	if of.opts.StoreDSN == "" {
+		t.Fatal("StartReplica: replicas share a PostgreSQL store; the first control plane has none")
+	}
+	name := e.name("controlplane")
+	cp := &ControlPlane{
+		env:         e,
+		opts:        of.opts,
+		name:        name,
+		DataDir:     filepath.Join(e.dir, name+"-data"),
+		AgentAddr:   FreeAddr(t),
+		APIAddr:     FreeAddr(t),
+		TrustDomain: of.TrustDomain,
+	}
+	if err := os.CopyFS(cp.DataDir, os.DirFS(of.DataDir)); err != nil {
+		t.Fatalf("copy %s's data directory: %v", of.name, err)
+	}
+	// CopyFS makes files 0644 and dirs 0755: restore the modes key files need.
+	if err := filepath.WalkDir(cp.DataDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.Chmod(p, 0o700)
+		}
+		return os.Chmod(p, 0o600)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The lock file belongs to the first replica's process.
+	_ = os.Remove(filepath.Join(cp.DataDir, "keys.lock"))
+	cp.setArgs()
+	cp.proc = e.start(t, name, e.Bin(ControlPlaneBin), cp.args, nil, true)
+	cp.WaitReady(t)
+	return cp
 }

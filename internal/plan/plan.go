@@ -92,6 +92,9 @@ func findUnknown(p *planv1.Plan) (string, bool) {
 	if unknown(p) || unknown(p.GetIssuedAt()) || unknown(p.GetExpiresAt()) {
 		return "plan", true
 	}
+	if unknown(p.GetReleaseContext()) {
+		return "plan.release_context", true
+	}
 	for i, s := range p.GetSteps() {
 		at := func(field string) string { return fmt.Sprintf("plan.steps[%d]%s", i, field) }
 		if unknown(s) {

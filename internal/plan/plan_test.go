@@ -453,6 +453,14 @@ func TestUnmarshalRefusesUnknownFields(t *testing.T) {
 	if _, err := Unmarshal(b); err == nil || !strings.Contains(err.Error(), `plan.steps[2].params.nested has fields`) {
 		t.Errorf("unknown nested field: %v", err)
 	}
+	// An unknown field inside the release context.
+	p = samplePlan(t)
+	p.ReleaseContext = &planv1.ReleaseContext{Tenant: "acme", Tier: "pool"}
+	p.ReleaseContext.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 50, protowire.VarintType), 3))
+	b, _ = Marshal(p)
+	if _, err := Unmarshal(b); err == nil || !strings.Contains(err.Error(), `plan.release_context has fields`) {
+		t.Errorf("unknown release context field: %v", err)
+	}
 	if _, err := Unmarshal([]byte{0xff}); err == nil {
 		t.Error("garbage decoded")
 	}

@@ -114,14 +114,31 @@ func Validate(p *planv1.Plan) error {
 		}
 	}
 
-	steps := p.GetSteps()
+	errs = append(errs, validateSteps(p.GetSteps())...)
+	return errors.Join(errs...)
+}
+
+// ValidateSteps reports every problem with a plan's steps at once
+// (errors.Join), exactly as Validate reports them: 1 to MaxSteps steps with
+// unique ids, well-formed provider and action names, a resource, bounded
+// and finite params, depends_on naming other existing steps without
+// duplicates or cycles, and a well-formed compensation where there is one.
+// It is for steps built outside a plan (a release's rendered templates);
+// Validate calls it for a plan's steps.
+func ValidateSteps(steps []*planv1.Step) error {
+	return errors.Join(validateSteps(steps)...)
+}
+
+func validateSteps(steps []*planv1.Step) []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	switch n := len(steps); {
 	case n == 0:
 		errs = append(errs, errNoSteps)
 	case n > MaxSteps:
 		// Validating each of a huge list would only bury this error.
 		add("plan has %d steps, limit %d", n, MaxSteps)
-		return errors.Join(errs...)
+		return errs
 	}
 	index := make(map[string]int, len(steps))
 	for i, s := range steps {
@@ -137,8 +154,7 @@ func Validate(p *planv1.Plan) error {
 	for i, s := range steps {
 		errs = append(errs, validateStep(i, s, index)...)
 	}
-	errs = append(errs, findCycles(steps, index)...)
-	return errors.Join(errs...)
+	return append(errs, findCycles(steps, index)...)
 }
 
 // stepName names step i in errors: steps[3] "migrate".

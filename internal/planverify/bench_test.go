@@ -58,3 +58,23 @@ func BenchmarkEd25519Floor(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifies/s")
 }
+
+// BenchmarkVerifyReleased verifies a signed plan rendered from a signed
+// release (2 steps with migrations, manifests and flags): both signatures,
+// the release's strict decode and validation, and its rendering compared
+// with the plan's steps.
+func BenchmarkVerifyReleased(b *testing.B) {
+	ctx := context.Background()
+	r := testRelease(b)
+	env := signPlan(b, releasedPlan(b, r, signRelease(b, r, "releases")), "plans")
+	v := strictVerifier()
+	b.SetBytes(int64(len(env)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := v.Verify(ctx, env); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "verifies/s")
+}

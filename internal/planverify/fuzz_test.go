@@ -14,6 +14,7 @@ import (
 	planv1 "attache.dev/attache/protocol/gen/attache/plan/v1"
 
 	"attache.dev/attache/internal/plan"
+	"attache.dev/attache/internal/release"
 	"attache.dev/attache/internal/sign"
 )
 
@@ -88,6 +89,19 @@ func checkAccepted(t *testing.T, v *Verifier, envelope []byte, got *planv1.Plan)
 	if !bytes.Equal(b1, b2) {
 		t.Fatal("accepted plan does not re-encode deterministically")
 	}
+	if len(p.GetReleaseEnvelope()) == 0 {
+		if !v.AllowUnreleased {
+			t.Fatal("accepted a plan without a release")
+		}
+		return
+	}
+	rel, err := release.Verify(context.Background(), v.Root, p.GetReleaseEnvelope())
+	if err != nil {
+		t.Fatalf("accepted a plan whose release does not verify: %v", err)
+	}
+	if err := release.CheckPlan(rel, p); err != nil {
+		t.Fatalf("accepted a plan that is not its release's rendering: %v", err)
+	}
 }
 
 // smallPlan is a one-step plan, so that seeds (and the inputs the fuzzer
@@ -136,6 +150,27 @@ func FuzzVerify(f *testing.F) {
 		f.Add(b, true)
 	}
 	f.Add([]byte("\x0a\x01x"), true)
+	// A plan rendered from a small signed release, and one that departs
+	// from it, so that mutations reach the release checks.
+	rel, err := release.ParseYAML([]byte("name: a\nversion: \"1\"\nsteps: [{id: s, provider: local, action: x, resource: \"t/{{tenant}}\"}]\n"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	released := smallPlan()
+	released.ReleaseRef = release.Ref(rel)
+	released.ReleaseEnvelope = signRelease(f, rel, "releases")
+	released.ReleaseContext = &planv1.ReleaseContext{Tenant: "acme", Tier: "pool"}
+	if released.Steps, err = release.Render(rel, released.ReleaseContext); err != nil {
+		f.Fatal(err)
+	}
+	for _, resource := range []string{"t/acme", "t/evil"} {
+		released.Steps[0].Resource = resource
+		b, err := plan.Marshal(released)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, true)
+	}
 	plansKey := key("plans")
 	f.Fuzz(func(t *testing.T, data []byte, asPayload bool) {
 		envelope := data

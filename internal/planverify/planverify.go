@@ -1,8 +1,11 @@
 // Package planverify holds the agent's rules for accepting a signed plan:
 // the envelope is small enough, signed by the `plans` role of the agent's
 // pinned trust root, carries a plan that decodes and validates, is addressed
-// to this agent of this tenant, is newer than the last accepted plan, and is
-// fresh. It also follows trust-root rotations delivered to the agent.
+// to this agent of this tenant, is newer than the last accepted plan, is
+// fresh, and carries the release it was rendered from, signed by the
+// `releases` role, whose rendering its steps are exactly (unless the agent
+// accepts ad hoc plans). It also follows trust-root rotations delivered to
+// the agent.
 //
 // Every refusal matches (errors.Is) exactly one of the exported Err* values,
 // so the agent can report and audit the reason, and tests can branch on it.
@@ -25,6 +28,7 @@ import (
 
 	"attache.dev/attache/internal/identity"
 	"attache.dev/attache/internal/plan"
+	"attache.dev/attache/internal/release"
 	"attache.dev/attache/internal/sign"
 )
 
@@ -65,6 +69,16 @@ var (
 	// ErrFromFuture: the plan's issued_at is later than now plus the
 	// clock-skew allowance.
 	ErrFromFuture = errors.New("plan issued in the future")
+	// ErrRelease: the plan carries a release that is not signed by the
+	// threshold of the root's `releases` keys or is not valid, or the
+	// plan's steps are not exactly what that release renders for the
+	// plan's release context (a control plane, or a stolen plans key,
+	// trying to run what the release key did not sign).
+	ErrRelease = errors.New("plan does not match a signed release")
+	// ErrUnreleased: the plan carries no release, and the agent accepts
+	// only plans rendered from a signed release (Verifier.AllowUnreleased
+	// is false).
+	ErrUnreleased = errors.New("unreleased plan refused")
 	// ErrRootRotation: FollowRoot refused a new trust root.
 	ErrRootRotation = errors.New("trust root rotation refused")
 )
@@ -87,6 +101,13 @@ type Verifier struct {
 	// ClockSkew is how far in the future issued_at may be; zero or less
 	// means DefaultClockSkew.
 	ClockSkew time.Duration
+	// AllowUnreleased accepts plans that carry no release (ad hoc plans,
+	// which the plans key alone vouches for). When false, the default, only
+	// plans rendered from a release signed by the `releases` role are
+	// accepted, so that the control plane's plans key alone cannot make the
+	// agent run anything. A plan that carries a release is checked against
+	// it either way.
+	AllowUnreleased bool
 }
 
 func (v *Verifier) now() time.Time {
@@ -112,7 +133,16 @@ func (v *Verifier) now() time.Time {
 //     fails both and is reported as ErrWrongTenant, the graver;
 //  8. its sequence is greater than LastSequence (ErrReplay);
 //  9. it has not expired at Now (ErrExpired);
-//  10. issued_at is not after Now + ClockSkew (ErrFromFuture).
+//  10. issued_at is not after Now + ClockSkew (ErrFromFuture);
+//  11. if the plan carries a release (release_envelope), the release is
+//     signed by the root's `releases` threshold and valid
+//     (release.Verify), release_context names a valid tenant (it may
+//     differ from the plan's tenant: an agent serving a cell renders for
+//     the tenants of the cell), and the plan's release_ref and steps are
+//     exactly what the release renders for release_context
+//     (release.CheckPlan) (all ErrRelease, naming the reason, or the first
+//     step and field that differ);
+//  12. if it carries none, AllowUnreleased is set (ErrUnreleased).
 //
 // An error matching none of them means the Verifier itself is misconfigured
 // (no root, or Self not an agent ID of the root's trust domain) or ctx is
@@ -193,7 +223,37 @@ func (v *Verifier) Verify(ctx context.Context, envelope []byte) (*planv1.Plan, e
 		return nil, fmt.Errorf("%w: plan %s issued at %s, %s ahead of this agent's clock (%s), allowance %s",
 			ErrFromFuture, p.GetPlanId(), iss.Format(time.RFC3339), iss.Sub(now).Round(time.Second), now.UTC().Format(time.RFC3339), skew)
 	}
+	// 11. The release: what may run.
+	if env := p.GetReleaseEnvelope(); len(env) > 0 {
+		if err := v.checkRelease(ctx, p); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	// 12. No release.
+	if !v.AllowUnreleased {
+		return nil, fmt.Errorf("%w: plan %s carries no signed release; this agent runs only plans rendered from a release signed by the vendor's release key (start it with --allow-unreleased-plans to accept ad hoc plans)",
+			ErrUnreleased, p.GetPlanId())
+	}
 	return p, nil
+}
+
+// checkRelease verifies the release p carries and checks p against it.
+func (v *Verifier) checkRelease(ctx context.Context, p *planv1.Plan) error {
+	rel, err := release.Verify(ctx, v.Root, p.GetReleaseEnvelope())
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return ctxErr
+		}
+		return fmt.Errorf("%w: plan %s: the release it carries is refused: %v", ErrRelease, p.GetPlanId(), err)
+	}
+	if t := p.GetReleaseContext().GetTenant(); !identity.ValidName(t) {
+		return fmt.Errorf("%w: plan %s: release_context tenant %.64q is not a valid tenant name", ErrRelease, p.GetPlanId(), t)
+	}
+	if err := release.CheckPlan(rel, p); err != nil {
+		return fmt.Errorf("%w: plan %s is not what release %s renders: %v", ErrRelease, p.GetPlanId(), release.Ref(rel), err)
+	}
+	return nil
 }
 
 // classify turns the failure to verify envelope as a plan into ErrSignature

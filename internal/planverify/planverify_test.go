@@ -86,8 +86,10 @@ func testPlan() *planv1.Plan {
 	}
 }
 
+// testVerifier accepts ad hoc plans, as most tests here sign them;
+// release_test.go covers the default that refuses them.
 func testVerifier() *Verifier {
-	return &Verifier{Root: testRoot(), Self: selfID, LastSequence: 9, Now: func() time.Time { return testNow }}
+	return &Verifier{Root: testRoot(), Self: selfID, LastSequence: 9, Now: func() time.Time { return testNow }, AllowUnreleased: true}
 }
 
 func signPlan(t testing.TB, p *planv1.Plan, signers ...string) []byte {
@@ -144,7 +146,7 @@ func tamperPayload(t testing.TB, env []byte, at int) []byte {
 }
 
 var allErrs = []error{ErrTooLarge, ErrRootExpired, ErrSignature, ErrPayloadType, ErrMalformed, ErrInvalid,
-	ErrWrongTenant, ErrWrongAgent, ErrReplay, ErrExpired, ErrFromFuture}
+	ErrWrongTenant, ErrWrongAgent, ErrReplay, ErrExpired, ErrFromFuture, ErrRelease, ErrUnreleased}
 
 func TestVerify(t *testing.T) {
 	good := signPlan(t, testPlan(), "plans")

@@ -29,12 +29,22 @@ type CreateTenantRequest struct {
 	Labels      map[string]string `json:"labels,omitempty"`
 }
 
-// Tenant is a customer of the vendor.
+// Tenant is a customer of the vendor. Tier is pool, bridge, silo or byoc;
+// Cell the ID of the agent that serves it (empty: its only active agent);
+// Windows its maintenance windows in the operator's form (none: any time);
+// Pin the release version it is held at; Release the version last applied
+// to it by a rollout; Flags its feature flags over the release's defaults.
 type Tenant struct {
 	Name        string            `json:"name"`
 	DisplayName string            `json:"display_name,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	CreatedAt   time.Time         `json:"created_at"`
+	Tier        string            `json:"tier,omitempty"`
+	Cell        string            `json:"cell,omitempty"`
+	Windows     []string          `json:"windows,omitempty"`
+	Pin         string            `json:"pin,omitempty"`
+	Release     string            `json:"release,omitempty"`
+	Flags       map[string]string `json:"flags,omitempty"`
 }
 
 // TenantList is the body of GET /v1/tenants.
@@ -259,21 +269,29 @@ const (
 	HealthRevoked   = "revoked"
 )
 
-// HealthStates lists the agent health states in the order GET /v1/health
-// sorts them.
+// HealthStates lists the agent health states, worst first. GET /v1/health
+// sorts agents in this order, except that agents reporting drift come right
+// after the unhealthy and silent ones.
 var HealthStates = []string{HealthUnhealthy, HealthSilent, HealthDegraded, HealthHealthy, HealthRevoked}
 
-// HealthProblem is one component of an agent that is not healthy, as the
-// agent last reported it. Status is unhealthy, degraded or unspecified;
-// Message is the agent's text (untrusted: clean it before printing).
+// HealthProblem is one component of an agent that is not healthy or has
+// drifted, as the agent last reported it. Status is unhealthy, degraded,
+// unspecified or unknown — or healthy for a component listed only for its
+// drift. Drift means what the last applied plan put in place differs from
+// what is live; DriftDetail says what. Message and DriftDetail are the
+// agent's text (untrusted: clean them before printing).
 type HealthProblem struct {
-	Name    string `json:"name"`
-	Status  string `json:"status"`
-	Message string `json:"message,omitempty"`
+	Name        string `json:"name"`
+	Status      string `json:"status"`
+	Message     string `json:"message,omitempty"`
+	Drift       bool   `json:"drift"`
+	DriftDetail string `json:"drift_detail,omitempty"`
 }
 
 // AgentHealth is one agent's health in GET /v1/health. Connected means a
-// session is open and was seen within the connected window.
+// session is open and was seen within the connected window. Drift counts
+// the components that report drift (zero for a revoked agent); drift does
+// not change State.
 type AgentHealth struct {
 	Tenant     string          `json:"tenant"`
 	ID         string          `json:"id"`
@@ -283,26 +301,34 @@ type AgentHealth struct {
 	Connected  bool            `json:"connected"`
 	Problems   []HealthProblem `json:"problems,omitempty"`
 	Components int             `json:"components"`
+	Drift      int             `json:"drift"`
 }
 
-// HealthList is the body of GET /v1/health: agents worst state first (see
-// HealthStates), then by tenant and ID; Counts has every state, zeros
-// included.
+// HealthList is the body of GET /v1/health: unhealthy agents first, then
+// silent ones, then the others that report drift, then the rest (degraded,
+// healthy, revoked); within each, worst state first (see HealthStates),
+// then by tenant and ID. Counts has every state, zeros included; Drifted is
+// the number of agents that report drift.
 type HealthList struct {
-	Agents []AgentHealth  `json:"agents"`
-	Counts map[string]int `json:"counts"`
+	Agents  []AgentHealth  `json:"agents"`
+	Counts  map[string]int `json:"counts"`
+	Drifted int            `json:"drifted"`
 }
 
-// HealthEvent is a recorded change of one of an agent's components.
+// HealthEvent is a recorded change of one of an agent's components: of its
+// status or of its drift (see HealthProblem), with the component's state
+// at the change.
 type HealthEvent struct {
-	At        time.Time `json:"at"`
-	Component string    `json:"component"`
-	Status    string    `json:"status"`
-	Message   string    `json:"message,omitempty"`
+	At          time.Time `json:"at"`
+	Component   string    `json:"component"`
+	Status      string    `json:"status"`
+	Message     string    `json:"message,omitempty"`
+	Drift       bool      `json:"drift"`
+	DriftDetail string    `json:"drift_detail,omitempty"`
 }
 
 // HealthEventList is the body of GET /v1/agents/{tenant}/{id}/health:
-// the agent's component status changes, newest first.
+// the agent's component changes of status or drift, newest first.
 type HealthEventList struct {
 	Tenant string        `json:"tenant"`
 	Agent  string        `json:"agent"`

@@ -21,6 +21,8 @@ import (
 	"attache.dev/attache/controlplane/keys"
 	"attache.dev/attache/controlplane/plans"
 	"attache.dev/attache/controlplane/store"
+	"attache.dev/attache/internal/release"
+	"attache.dev/attache/internal/sign"
 )
 
 // Pins the server puts into join tokens.
@@ -41,6 +43,9 @@ type Server struct {
 	Store      store.Store
 	Keys       *keys.Material // signs the plans submitted to it
 	CACertPEM  []byte         // NewTLS only: the certificate to trust
+	// ReleaseSigner is the release key the server's trust root lists (the
+	// placeholder keys.LoadOrCreate writes), for signing test releases.
+	ReleaseSigner *sign.Signer
 }
 
 // New starts a plain-HTTP server that lives until the test ends.
@@ -69,6 +74,14 @@ func start(t testing.TB, useTLS bool) *Server {
 	if err != nil {
 		t.Fatalf("httpapitest: keys: %v", err)
 	}
+	pemKey, err := os.ReadFile(filepath.Join(dir, "keys", keys.ReleaseKeyFile))
+	if err != nil {
+		t.Fatalf("httpapitest: release key: %v", err)
+	}
+	relSigner, err := sign.ParsePKCS8PEM(pemKey)
+	if err != nil {
+		t.Fatalf("httpapitest: release key: %v", err)
+	}
 	h, err := httpapi.New(httpapi.Config{
 		Store:           st,
 		Logger:          slog.New(slog.DiscardHandler),
@@ -77,6 +90,7 @@ func start(t testing.TB, useTLS bool) *Server {
 		CAKeySHA256:     func() [32]byte { return CAKeySHA256 },
 		TrustRootSHA256: func() [32]byte { return TrustRootSHA256 },
 		Plans:           plans.New(plans.Config{Store: st, Keys: func() *keys.Material { return km }}),
+		ReleaseRoot:     func() *sign.Root { return km.Root },
 	})
 	if err != nil {
 		t.Fatalf("httpapitest: %v", err)
@@ -99,5 +113,20 @@ func start(t testing.TB, useTLS bool) *Server {
 	if err != nil {
 		t.Fatalf("httpapitest: %v", err)
 	}
-	return &Server{URL: srv.URL, AdminToken: strings.TrimSpace(string(b)), Store: st, Keys: km, CACertPEM: caPEM}
+	return &Server{URL: srv.URL, AdminToken: strings.TrimSpace(string(b)), Store: st, Keys: km, CACertPEM: caPEM, ReleaseSigner: relSigner}
+}
+
+// SignRelease parses, validates and signs a release document with the
+// server's release key and returns the envelope.
+func (s *Server) SignRelease(t testing.TB, yaml string) []byte {
+	t.Helper()
+	r, err := release.ParseYAML([]byte(yaml))
+	if err != nil {
+		t.Fatalf("httpapitest: release: %v", err)
+	}
+	env, err := release.Sign(context.Background(), r, s.ReleaseSigner)
+	if err != nil {
+		t.Fatalf("httpapitest: sign release: %v", err)
+	}
+	return env
 }
