@@ -234,10 +234,11 @@ func TestRollouts(t *testing.T) {
 	pushRelease(t, env, cp, releaseYAML("2.0.0", 2))
 	id = startRollout(t, cp, "--release", "2.0.0", "--selector", "env=e2e", "--waves", "canary:2,50%,100%",
 		"--bake", "4s", "--max-failed", "0", "--concurrency", "10")
-	cp.CLI(t, "flag", "set", "--rollout", id, "--wave", "canary", "checkout_v2=true")
 	// Kill the control plane while the canary wave bakes, start it again:
-	// the rollout continues from the store, issuing no plan twice.
+	// the rollout continues from the store, issuing no plan twice. The
+	// canary tenants get a flag the rest of the fleet does not.
 	awaitRollout(t, cp, id, "canary wave baking", time.Minute, func(r rolloutJSON) bool { return r.Reason == "Bake" })
+	cp.CLI(t, "flag", "set", "--rollout", id, "--wave", "canary", "checkout_v2=true")
 	cp.Process().Kill()
 	cp.Restart(t)
 	r = awaitRollout(t, cp, id, "2.0.0 waiting for t19's window", 3*time.Minute, func(r rolloutJSON) bool {
