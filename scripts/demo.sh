@@ -134,6 +134,22 @@ for t in "${TENANTS[@]}"; do
 	curl -fsS "http://127.0.0.1:${PORT2[$t]}/" || die "app v2 of $t does not answer"
 done
 
+step "Release v3: signed with the release key (held by the vendor's CI, not the control plane) and pushed"
+cli release sign --key "$D/controlplane/release.key" --out "$D/sampleapp-v3.signed.json" examples/releases/sampleapp-v3.yaml
+cli release push "$D/sampleapp-v3.signed.json"
+cli release show v3
+
+step "Roll v3 out in two waves (canary first), each gated on health for its bake time"
+cli tenant set acme --label ring=canary >/dev/null
+cli tenant set globex --label ring=main >/dev/null
+ROLLOUT="$(cli -o json rollout start --release v3 --tenants acme,globex --waves canary:1,100% --bake 3s --max-failed 0 | sed -n 's/^  "id": *"\([^"]*\)".*/\1/p' | head -n1)"
+[ -n "$ROLLOUT" ] || die "rollout did not start"
+cli rollout status "$ROLLOUT" --watch
+
+step "Turn a feature flag on for acme: delivered as a plan re-rendering acme's release"
+cli flag set --tenant acme checkout_v2=true
+cli flag list --tenant acme
+
 step "Every plan and its status"
 cli plan list
 last="$(cli -o json plan list --tenant acme --limit 1 | sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' | head -n1)"
