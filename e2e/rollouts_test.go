@@ -494,7 +494,6 @@ func TestRolloutFailover(t *testing.T) {
 	b := env.StartReplica(t, a)
 	// Three tenants' agents on each replica.
 	var roots = map[string]string{}
-	var agents []*harness.Agent
 	for i := range 6 {
 		cp := a
 		if i%2 == 1 {
@@ -506,7 +505,6 @@ func TestRolloutFailover(t *testing.T) {
 		roots[name] = root
 		ag := env.StartAgent(t, harness.AgentOptions{Token: cp.JoinToken(t, name), Config: config, RequireRelease: true})
 		ag.AwaitEnrolled(t)
-		agents = append(agents, ag)
 	}
 	pushRelease(t, env, a, releaseYAML("1.0.0", 1))
 	id := startRollout(t, a, "--release", "1.0.0", "--selector", "env=failover", "--waves", "first:1,50%,100%",

@@ -108,15 +108,14 @@ func decodeDocument(doc []byte) (*unstructured.Unstructured, error) {
 	if dec.More() {
 		return nil, errors.New("trailing data after the object")
 	}
-	m, ok := v.(map[string]any)
-	if !ok {
+	if _, ok := v.(map[string]any); !ok {
 		return nil, fmt.Errorf("not an object but %s", jsonType(v))
 	}
 	v, err = normalize(v)
 	if err != nil {
 		return nil, err
 	}
-	m = v.(map[string]any)
+	m := v.(map[string]any)
 	obj := &unstructured.Unstructured{Object: m}
 
 	apiVersion, ok := m["apiVersion"].(string)

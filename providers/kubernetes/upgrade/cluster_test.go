@@ -152,8 +152,7 @@ func (e *env) deployment(tb testing.TB, name, img string, n int32) *appsv1.Deplo
 		},
 	}
 	ctx := context.Background()
-	d, err := e.c.AppsV1().Deployments(e.ns).Create(ctx, d, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := e.c.AppsV1().Deployments(e.ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		tb.Fatalf("create deployment: %v", err)
 	}
 	return e.awaitAvailable(tb, name)
