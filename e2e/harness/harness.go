@@ -44,6 +44,8 @@ const (
 	SampleAppBin     = "sampleapp"
 	// PostgresProviderBin is the PostgreSQL provider plugin.
 	PostgresProviderBin = "attache-provider-postgres"
+	// KubernetesProviderBin is the Kubernetes provider plugin.
+	KubernetesProviderBin = "attache-provider-kubernetes"
 )
 
 // pollInterval is how often waits re-check their condition.
@@ -84,7 +86,7 @@ func binDir(t testing.TB) string {
 		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
 			"./controlplane/cmd/attache-controlplane", "./controlplane/cmd/attache", "./agent/cmd/attache-agent",
 			"./providers/local/cmd/attache-provider-local", "./providers/postgres/cmd/attache-provider-postgres",
-			"./examples/sampleapp")
+			"./providers/kubernetes/cmd/attache-provider-kubernetes", "./examples/sampleapp")
 		cmd.Dir = root
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
