@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"attache.dev/attache/controlplane/store"
@@ -120,12 +121,12 @@ func (s *Service) PrepareRelease(ctx context.Context, req ReleasePlanRequest) (f
 		Target: id, RequestID: req.RequestID, Outcome: auditlog.OutcomeSuccess, Source: req.Source, Detail: detail,
 	}
 	build := func(seq uint64) (store.Plan, error) {
-		p := *base // shallow: only Sequence differs
+		p := proto.Clone(base).(*planv1.Plan)
 		p.Sequence = seq
-		if err := plan.Validate(&p); err != nil {
+		if err := plan.Validate(p); err != nil {
 			return store.Plan{}, invalid(fmt.Errorf("plan rendered from release %s: %w", req.Release.Version, err))
 		}
-		env, err := plan.Sign(ctx, &p, m.PlanSigner)
+		env, err := plan.Sign(ctx, p, m.PlanSigner)
 		if err != nil {
 			return store.Plan{}, fmt.Errorf("plans: sign plan %s: %w", id, err)
 		}
